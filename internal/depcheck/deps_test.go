@@ -78,7 +78,8 @@ var rules = map[string][]string{
 		"sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
 	},
 
-	"inpod": {"golang.org/x/sys/unix", "google.golang.org/protobuf/...", "internal/istiopb/..."},
+	"inpod":           {"golang.org/x/sys/unix", "google.golang.org/protobuf/...", "internal/istiopb/..."},
+	"inpod/inpodtest": {"inpod"},
 
 	"xds": {"google.golang.org/grpc/...", "google.golang.org/protobuf/...", "internal/istiopb/..."},
 	"xds/istio": {
