@@ -145,11 +145,15 @@ func indexOf(l []string, s string) int {
 
 func TestResolveUsesBalancer(t *testing.T) {
 	st := fixture(t)
-	last := func(_ *proxy.Service, c []proxy.Endpoint, _ *proxy.Workload) (proxy.Endpoint, bool) { return c[len(c)-1], true }
+	last := func(_ *proxy.Service, c []proxy.Endpoint, _ *proxy.Workload) (proxy.Endpoint, bool) {
+		return c[len(c)-1], true
+	}
 	p, err := st.Resolve(nil, ap("10.96.0.10:9080"), last)
 	require.NoError(t, err)
 	require.Equal(t, "10.0.1.2:9080", p.Authority.String())
-	none := func(*proxy.Service, []proxy.Endpoint, *proxy.Workload) (proxy.Endpoint, bool) { return proxy.Endpoint{}, false }
+	none := func(*proxy.Service, []proxy.Endpoint, *proxy.Workload) (proxy.Endpoint, bool) {
+		return proxy.Endpoint{}, false
+	}
 	_, err = st.Resolve(nil, ap("10.96.0.10:9080"), none)
 	require.ErrorIs(t, err, proxy.ErrNoHealthyEndpoint)
 }
