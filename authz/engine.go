@@ -1,0 +1,411 @@
+package authz
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/go-multierror"
+)
+
+// Config configures an Engine. The zero value is usable.
+type Config struct {
+	// RootNamespace is the mesh root namespace. If empty, "istio-system".
+	RootNamespace string
+	// Providers are the names of the extension providers defined in
+	// meshConfig.extensionProviders. A CUSTOM policy naming any other
+	// provider denies the requests its rules match (Istio's behaviour for an
+	// unknown or invalid provider).
+	Providers []string
+	// MultipleCustomProviders mirrors PILOT_ENABLE_MULTIPLE_CUSTOM_AUTHZ_PROVIDERS.
+	// When false and more than one provider applies to a request, every
+	// CUSTOM rule becomes a deny rule.
+	MultipleCustomProviders bool
+}
+
+// Reason says why a decision was made.
+type Reason uint8
+
+// Decision reasons.
+const (
+	// ReasonNoPolicy: no ALLOW policy applies, so the request is allowed.
+	ReasonNoPolicy Reason = iota
+	// ReasonAllowed: an ALLOW policy rule matched.
+	ReasonAllowed
+	// ReasonDenied: a DENY policy rule matched.
+	ReasonDenied
+	// ReasonNoAllowMatch: ALLOW policies apply but none matched.
+	ReasonNoAllowMatch
+	// ReasonCustomDenied: a CUSTOM policy with an unknown provider (or with
+	// several providers in play) matched.
+	ReasonCustomDenied
+	// ReasonInvalidPolicy: an invalid policy applies; its scope fails closed.
+	ReasonInvalidPolicy
+)
+
+var reasonText = [...]string{
+	ReasonNoPolicy:      "no ALLOW policy applies",
+	ReasonAllowed:       "ALLOW policy matched",
+	ReasonDenied:        "DENY policy matched",
+	ReasonNoAllowMatch:  "no ALLOW policy matched",
+	ReasonCustomDenied:  "CUSTOM policy with unusable provider matched",
+	ReasonInvalidPolicy: "invalid policy applies (fail closed)",
+}
+
+// String describes the reason.
+func (r Reason) String() string {
+	if int(r) < len(reasonText) {
+		return reasonText[r]
+	}
+	return "unknown"
+}
+
+// Decision is the result of Evaluate.
+type Decision struct {
+	Allowed bool
+	Reason  Reason
+	// Policy is the policy that decided (nil for ReasonNoPolicy and
+	// ReasonNoAllowMatch) and Rule the index of its matching rule in
+	// Policy.Rules (-1 when none, e.g. for an invalid policy).
+	Policy *Policy
+	Rule   int
+	// Audit is the first AUDIT policy that matched (L7), if any.
+	Audit *Policy
+	// Custom names the (known) extension provider that ext_authz would
+	// consult for this request at L7; its verdict is not modelled offline.
+	Custom string
+}
+
+// String renders the decision as one line, e.g.
+// "ALLOW by test/allow-sleep rules[0] (ALLOW policy matched)".
+func (d Decision) String() string {
+	v := "DENY"
+	if d.Allowed {
+		v = "ALLOW"
+	}
+	var b strings.Builder
+	b.WriteString(v)
+	if d.Policy != nil {
+		fmt.Fprintf(&b, " by %s %s/%s", d.Policy.Action, d.Policy.Namespace, d.Policy.Name)
+		if d.Rule >= 0 {
+			fmt.Fprintf(&b, " rules[%d]", d.Rule)
+		}
+	}
+	fmt.Fprintf(&b, " (%s)", d.Reason)
+	if d.Custom != "" {
+		fmt.Fprintf(&b, " [ext_authz provider %q consulted]", d.Custom)
+	}
+	return b.String()
+}
+
+type cpolicy struct {
+	p       *Policy
+	ord     int
+	invalid bool
+	rules   []crule // for the layer of the index that holds it
+}
+
+type labelKey struct{ ns, k, v string }
+
+type targetKey struct {
+	kind     uint8 // 1 Service, 2 ServiceEntry, 3 Gateway
+	ns, name string
+}
+
+type layerIndex struct {
+	global   []*cpolicy
+	byNS     map[string][]*cpolicy
+	byLabel  map[labelKey][]*cpolicy
+	byTarget map[targetKey][]*cpolicy
+}
+
+// Engine evaluates requests against a fixed set of policies. It is
+// immutable and safe for concurrent use; build a new one when policies change.
+type Engine struct {
+	root      string
+	providers map[string]bool
+	multi     bool
+	policies  []Policy
+	l4, l7    layerIndex
+}
+
+// New validates and compiles policies. It always returns a usable Engine:
+// when some policies are invalid, err aggregates their *PolicyError values
+// and each invalid policy denies every request in the scope it would have
+// applied to (fail closed). Policies are ordered by namespace and name, which
+// makes explanations deterministic.
+func New(cfg Config, policies []Policy) (*Engine, error) {
+	e := &Engine{
+		root:      cmp.Or(cfg.RootNamespace, "istio-system"),
+		providers: map[string]bool{},
+		multi:     cfg.MultipleCustomProviders,
+		policies:  slices.Clone(policies),
+	}
+	for _, p := range cfg.Providers {
+		e.providers[p] = true
+	}
+	slices.SortStableFunc(e.policies, func(a, b Policy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	for _, ix := range []*layerIndex{&e.l4, &e.l7} {
+		ix.byNS = map[string][]*cpolicy{}
+		ix.byLabel = map[labelKey][]*cpolicy{}
+		ix.byTarget = map[targetKey][]*cpolicy{}
+	}
+	var errs *multierror.Error
+	for i := range e.policies {
+		p := &e.policies[i]
+		verr := Validate(p)
+		if verr != nil {
+			errs = multierror.Append(errs, verr)
+		}
+		e.place(p, i, verr != nil)
+	}
+	if errs == nil {
+		return e, nil
+	}
+	return e, errs
+}
+
+func (e *Engine) place(p *Policy, ord int, invalid bool) {
+	hasTargets := len(p.TargetRefs) > 0
+	// When the attachment itself is unusable, fail closed over the whole
+	// namespace (the root namespace: everything) at both layers.
+	conflict := (hasTargets && p.HasSelector) || (invalid && p.Err != nil && !hasTargets && !p.HasSelector)
+	// L4
+	if invalid || (!hasTargets && !p.DryRun && (p.Action == Allow || p.Action == Deny)) {
+		cp := &cpolicy{p: p, ord: ord, invalid: invalid}
+		if !invalid {
+			cp.rules = (&compileCtx{p: p, layer: L4}).compile()
+		}
+		switch {
+		case conflict:
+			e.l4.addScope(e.root, p.Namespace, cp)
+		case hasTargets:
+		case p.HasSelector:
+			if k, v, ok := firstLabel(p.Selector); ok {
+				lk := labelKey{p.Namespace, k, v}
+				e.l4.byLabel[lk] = append(e.l4.byLabel[lk], cp)
+			} // selector: {} attaches to nothing at L4 (spec §3.1)
+		default:
+			e.l4.addScope(e.root, p.Namespace, cp)
+		}
+	}
+	// L7
+	if invalid || (hasTargets && !p.DryRun) {
+		cp := &cpolicy{p: p, ord: ord, invalid: invalid}
+		if !invalid {
+			cp.rules = (&compileCtx{p: p, layer: L7}).compile()
+		}
+		if conflict {
+			e.l7.addScope(e.root, p.Namespace, cp)
+			return
+		}
+		for _, t := range p.TargetRefs {
+			var k targetKey
+			switch t.Kind {
+			case "Service":
+				k = targetKey{1, p.Namespace, t.Name}
+			case "ServiceEntry":
+				k = targetKey{2, p.Namespace, t.Name}
+			case "Gateway":
+				k = targetKey{3, p.Namespace, t.Name}
+			case "GatewayClass":
+				if t.Name == "istio-waypoint" && p.Namespace == e.root {
+					e.l7.global = append(e.l7.global, cp)
+				}
+				continue
+			default:
+				continue
+			}
+			e.l7.byTarget[k] = append(e.l7.byTarget[k], cp)
+		}
+	}
+}
+
+func (ix *layerIndex) addScope(root, ns string, cp *cpolicy) {
+	if ns == root {
+		ix.global = append(ix.global, cp)
+	} else {
+		ix.byNS[ns] = append(ix.byNS[ns], cp)
+	}
+}
+
+func firstLabel(m map[string]string) (k, v string, ok bool) {
+	for key := range m {
+		if !ok || key < k {
+			k, ok = key, true
+		}
+	}
+	return k, m[k], ok
+}
+
+// RootNamespace returns the root namespace in use.
+func (e *Engine) RootNamespace() string { return e.root }
+
+// Policies returns the loaded policies in evaluation order.
+func (e *Engine) Policies() []Policy { return e.policies }
+
+type best struct {
+	cp   *cpolicy
+	rule int
+}
+
+func (b *best) offer(cp *cpolicy, rule int) {
+	if b.cp == nil || cp.ord < b.cp.ord {
+		b.cp, b.rule = cp, rule
+	}
+}
+
+type state struct {
+	e                        *ectx
+	invalid, deny, allow     best
+	audit, custom, customBad best
+	anyAllow                 bool
+	customProv               string
+	customMulti              bool
+	providers                map[string]bool
+	multiOK                  bool
+}
+
+func (st *state) visit(cp *cpolicy) {
+	if cp.invalid {
+		st.invalid.offer(cp, -1)
+		return
+	}
+	p := cp.p
+	switch p.Action {
+	case Allow:
+		st.anyAllow = true
+		if st.allow.cp != nil && st.allow.cp.ord <= cp.ord {
+			return
+		}
+	case Deny:
+		if st.deny.cp != nil && st.deny.cp.ord <= cp.ord {
+			return
+		}
+	case Custom:
+		if st.customProv == "" {
+			st.customProv = p.Provider
+		} else if st.customProv != p.Provider {
+			st.customMulti = true
+		}
+	}
+	rule := -1
+	for i := range cp.rules {
+		if cp.rules[i].match(st.e) {
+			rule = cp.rules[i].idx
+			break
+		}
+	}
+	if rule < 0 {
+		return
+	}
+	switch p.Action {
+	case Allow:
+		st.allow.offer(cp, rule)
+	case Deny:
+		st.deny.offer(cp, rule)
+	case Audit:
+		st.audit.offer(cp, rule)
+	case Custom:
+		st.custom.offer(cp, rule)
+		if !st.providers[p.Provider] {
+			st.customBad.offer(cp, rule)
+		}
+	}
+}
+
+func (st *state) visitAll(list []*cpolicy) {
+	for _, cp := range list {
+		st.visit(cp)
+	}
+}
+
+func (st *state) visitSelected(list []*cpolicy, labels map[string]string) {
+	for _, cp := range list {
+		if selects(cp.p.Selector, labels) {
+			st.visit(cp)
+		}
+	}
+}
+
+func selects(sel, labels map[string]string) bool {
+	for k, v := range sel {
+		if lv, ok := labels[k]; !ok || lv != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Evaluate decides one request. It does no I/O, reads no clock and, at L4,
+// does not allocate.
+func (e *Engine) Evaluate(r *Request) Decision {
+	ec := newEctx(r)
+	st := state{e: &ec, providers: e.providers, multiOK: e.multi}
+	w := &r.Workload
+	if r.Layer == L4 {
+		ix := &e.l4
+		st.visitAll(ix.global)
+		if w.Namespace != e.root {
+			st.visitAll(ix.byNS[w.Namespace])
+		}
+		for k, v := range w.Labels {
+			st.visitSelected(ix.byLabel[labelKey{w.Namespace, k, v}], w.Labels)
+			if w.Namespace != e.root {
+				st.visitSelected(ix.byLabel[labelKey{e.root, k, v}], w.Labels)
+			}
+		}
+	} else {
+		ix := &e.l7
+		st.visitAll(ix.global)
+		if len(ix.byNS) > 0 && w.Namespace != e.root {
+			st.visitAll(ix.byNS[w.Namespace])
+		}
+		for _, s := range w.Services {
+			st.visitAll(ix.byTarget[targetKey{1, w.Namespace, s}])
+		}
+		for _, s := range w.ServiceEntries {
+			st.visitAll(ix.byTarget[targetKey{2, w.Namespace, s}])
+		}
+		if w.Waypoint != "" {
+			st.visitAll(ix.byTarget[targetKey{3, cmp.Or(w.WaypointNamespace, w.Namespace), w.Waypoint}])
+		}
+	}
+	return st.decide()
+}
+
+func (st *state) decide() Decision {
+	d := Decision{Rule: -1}
+	if st.audit.cp != nil {
+		d.Audit = st.audit.cp.p
+	}
+	set := func(b best, allowed bool, r Reason) Decision {
+		d.Allowed, d.Reason, d.Policy, d.Rule = allowed, r, b.cp.p, b.rule
+		return d
+	}
+	switch {
+	case st.invalid.cp != nil:
+		return set(st.invalid, false, ReasonInvalidPolicy)
+	case st.customMulti && !st.multiOK && st.custom.cp != nil:
+		return set(st.custom, false, ReasonCustomDenied)
+	case st.customBad.cp != nil:
+		return set(st.customBad, false, ReasonCustomDenied)
+	}
+	if st.custom.cp != nil {
+		d.Custom = st.custom.cp.p.Provider
+	}
+	switch {
+	case st.deny.cp != nil:
+		return set(st.deny, false, ReasonDenied)
+	case !st.anyAllow:
+		d.Allowed, d.Reason = true, ReasonNoPolicy
+		return d
+	case st.allow.cp != nil:
+		return set(st.allow, true, ReasonAllowed)
+	}
+	d.Reason = ReasonNoAllowMatch
+	return d
+}
