@@ -31,3 +31,21 @@ func (s *swapSource) SVID(ctx context.Context) (*x509svid.SVID, error) { return 
 func (s *swapSource) Bundle(ctx context.Context) (*x509bundle.Bundle, error) {
 	return s.get().Bundle(ctx)
 }
+
+// list is a slice that hooks append to from other goroutines.
+type list[T any] struct {
+	mu    sync.Mutex
+	items []T
+}
+
+func (l *list[T]) add(v T) {
+	l.mu.Lock()
+	l.items = append(l.items, v)
+	l.mu.Unlock()
+}
+
+func (l *list[T]) get() []T {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]T(nil), l.items...)
+}

@@ -217,9 +217,6 @@ func (m *Manager) lookup(id spiffeid.ID) (*entry, error) {
 	}
 	state := m.state
 	m.mu.RUnlock()
-	if ok {
-		return e, nil
-	}
 	if state == stateStopped {
 		return nil, fmt.Errorf("identity: manager: %w", ErrClosed)
 	}
@@ -227,6 +224,9 @@ func (m *Manager) lookup(id spiffeid.ID) (*entry, error) {
 	defer m.mu.Unlock()
 	if m.state == stateStopped {
 		return nil, fmt.Errorf("identity: manager: %w", ErrClosed)
+	}
+	if ok {
+		return e, nil
 	}
 	if e, ok := m.entries[id]; ok {
 		e.lastUsed.Store(now)
@@ -284,6 +284,10 @@ func (m *Manager) Fetch(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x
 // identities registered it returns nil at once.
 func (m *Manager) WaitReady(ctx context.Context) error {
 	m.mu.RLock()
+	if m.state == stateStopped {
+		m.mu.RUnlock()
+		return fmt.Errorf("identity: manager: %w", ErrClosed)
+	}
 	pending := make([]*entry, 0, len(m.entries))
 	for _, e := range m.entries {
 		pending = append(pending, e)
