@@ -303,18 +303,18 @@ func (ca *CA) Fetch(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509b
 // ("CERTIFICATE REQUEST" or "NEW CERTIFICATE REQUEST") or DER, and checks
 // its self-signature.
 func ParseCSR(b []byte) (*x509.CertificateRequest, error) {
-	der := b
+	der, form := b, "input is neither PEM nor a DER PKCS#10 request"
 	if block, _ := pem.Decode(b); block != nil {
 		if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
 			return nil, fmt.Errorf("%w: PEM block is %q, want \"CERTIFICATE REQUEST\"", ErrCSRRejected, block.Type)
 		}
-		der = block.Bytes
+		der, form = block.Bytes, "PEM block does not hold a PKCS#10 request"
 	} else if bytes.HasPrefix(bytes.TrimSpace(b), []byte("-----BEGIN")) {
 		return nil, fmt.Errorf("%w: malformed PEM", ErrCSRRejected)
 	}
 	csr, err := x509.ParseCertificateRequest(der)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCSRRejected, err)
+		return nil, fmt.Errorf("%w: %s: %v", ErrCSRRejected, form, err)
 	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("%w: signature does not verify: %v", ErrCSRRejected, err)

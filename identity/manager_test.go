@@ -92,13 +92,13 @@ func TestManagerRefreshesAtHalfLife(t *testing.T) {
 		start := leaf.NotBefore
 
 		// Renewal comes between 45% (jitter 0.05) and 50% of the lifetime.
-		time.Sleep(leaf.NotBefore.Add(life * 45 / 100).Sub(time.Now()) - time.Second)
+		time.Sleep(leaf.NotBefore.Add(life*45/100).Sub(time.Now()) - time.Second)
 		synctest.Wait()
 		same, err := src.SVID(t.Context())
 		require.NoError(t, err)
 		assert.Same(t, first, same, "no renewal before 45%% of the lifetime")
 
-		time.Sleep(leaf.NotBefore.Add(life / 2).Sub(time.Now()) + time.Second)
+		time.Sleep(leaf.NotBefore.Add(life/2).Sub(time.Now()) + time.Second)
 		synctest.Wait()
 		second, err := src.SVID(t.Context())
 		require.NoError(t, err)
