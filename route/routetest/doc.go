@@ -1,0 +1,17 @@
+// Package routetest loads and runs route test files: YAML files of cases,
+// each with Istio / Gateway API configuration, Services with endpoints, one
+// request and one expectation (destination, distribution, response or
+// affinity) plus optional checks. The format is described in the route
+// spec, section 0.
+//
+// Use it from go test:
+//
+//	func TestRoutes(t *testing.T) {
+//		routetest.Test(t, "testdata/weights.yaml")
+//	}
+//
+// Distributions are judged over at least 2,000 requests (10,000 when a
+// share is below 5 %) with a tolerance of 0.05, tightened to five standard
+// deviations for small shares; keys expected at 0 must get nothing. The
+// random source is seeded from the case name, so runs are reproducible.
+package routetest
