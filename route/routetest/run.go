@@ -381,7 +381,7 @@ func (c *Case) samples() int {
 // samples: the Gateway API conformance bound of 0.05, tightened to five
 // standard deviations (plus one sample) for small shares.
 func tolerance(p float64, n int) float64 {
-	sd := math.Sqrt(p*(1-p)/float64(n))
+	sd := math.Sqrt(p * (1 - p) / float64(n))
 	return math.Min(0.05, 5*sd+1/float64(n))
 }
 
