@@ -87,7 +87,11 @@ func (d Decision) String() string {
 	var b strings.Builder
 	b.WriteString(v)
 	if d.Policy != nil {
-		fmt.Fprintf(&b, " by %s %s/%s", d.Policy.Action, d.Policy.Namespace, d.Policy.Name)
+		kind := d.Policy.Action.String()
+		if d.Reason == ReasonInvalidPolicy {
+			kind = "invalid policy"
+		}
+		fmt.Fprintf(&b, " by %s %s/%s", kind, d.Policy.Namespace, d.Policy.Name)
 		if d.Rule >= 0 {
 			fmt.Fprintf(&b, " rules[%d]", d.Rule)
 		}
@@ -165,6 +169,7 @@ func New(cfg Config, policies []Policy) (*Engine, error) {
 	if errs == nil {
 		return e, nil
 	}
+	errs.ErrorFormat = ListFormat
 	return e, errs
 }
 

@@ -168,7 +168,21 @@ func Validate(p *Policy) error {
 	if v.err == nil {
 		return nil
 	}
+	v.err.ErrorFormat = ListFormat
 	return v.err
+}
+
+// ListFormat is a multierror.ErrorFormatFunc that prints one error per line,
+// without a header. Every aggregated error this package returns uses it.
+func ListFormat(es []error) string {
+	var b strings.Builder
+	for i, e := range es {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.Error())
+	}
+	return b.String()
 }
 
 func (v *validator) values(field string, vals []string, check func(f, s string)) {

@@ -83,11 +83,15 @@ func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 		}
 		ps, err := parseJSON(js, &opts)
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("istio: document %d: %w", i, err))
+			errs = multierror.Append(errs, err) // already names namespace/name and field
 		}
 		out = append(out, ps...)
 	}
-	return out, errs.ErrorOrNil()
+	if errs == nil {
+		return out, nil
+	}
+	errs.ErrorFormat = authz.ListFormat
+	return out, errs
 }
 
 func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
@@ -96,7 +100,7 @@ func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
 	}
 	var o object
 	if err := json.Unmarshal(js, &o); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDecode, err)
+		return nil, fmt.Errorf("istio: %w: %w", ErrDecode, err)
 	}
 	if o.Kind == "List" {
 		var errs *multierror.Error
@@ -104,11 +108,15 @@ func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
 		for i, it := range o.Items {
 			ps, err := parseJSON(it, opts)
 			if err != nil {
-				errs = multierror.Append(errs, fmt.Errorf("items[%d]: %w", i, err))
+				errs = multierror.Append(errs, fmt.Errorf("istio: items[%d]: %w", i, err))
 			}
 			out = append(out, ps...)
 		}
-		return out, errs.ErrorOrNil()
+		if errs == nil {
+			return out, nil
+		}
+		errs.ErrorFormat = authz.ListFormat
+		return out, errs
 	}
 	group, _, _ := strings.Cut(o.APIVersion, "/")
 	if o.Kind != "AuthorizationPolicy" || group != "security.istio.io" {
