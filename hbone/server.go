@@ -301,7 +301,15 @@ func (s *Server) serve(nc net.Conn, cfg *tls.Config) error {
 	}
 	peer, _ := identity.PeerID(cs)
 	tc.SetReadDeadline(time.Now().Add(hto))
-	c := newConn(tc, connConfig{
+	return s.serveH2(tc, peer, &cs, func() { tc.SetReadDeadline(time.Time{}) })
+}
+
+// serveH2 runs the HTTP/2 server engine on an established connection
+// (TLS already verified by the caller). afterPreface runs once the client
+// preface has been read.
+func (s *Server) serveH2(nc net.Conn, peer spiffeid.ID, cs *tls.ConnectionState, afterPreface func()) error {
+	log := s.logger()
+	c := newConn(nc, connConfig{
 		pingInterval: s.KeepaliveInterval,
 		pingTimeout:  s.KeepaliveTimeout,
 		logger:       s.Logger,
@@ -310,8 +318,8 @@ func (s *Server) serve(nc net.Conn, cfg *tls.Config) error {
 		log.Debug("hbone: bad preface", "remote", nc.RemoteAddr(), "err", err)
 		return err
 	}
-	tc.SetReadDeadline(time.Time{})
-	c.cfg.newStream = func(st *stream, f *http2.MetaHeadersFrame) { s.newStream(c, st, f, peer, &cs) }
+	afterPreface()
+	c.cfg.newStream = func(st *stream, f *http2.MetaHeadersFrame) { s.newStream(c, st, f, peer, cs) }
 	c.cfg.onIdle = s.connIdle
 	s.mu.Lock()
 	if s.shutdown {

@@ -1,0 +1,25 @@
+package hbone
+
+import (
+	"net"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// ServePlainForTest runs the server's HTTP/2 engine on nc without TLS, so
+// fuzzing can reach the frame reader cheaply. peer stands in for the TLS
+// identity.
+func ServePlainForTest(s *Server, nc net.Conn, peer spiffeid.ID) error {
+	if !s.track(nc) {
+		return ErrServerClosed
+	}
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.raw, nc)
+		s.checkDrainedLocked()
+		s.mu.Unlock()
+		nc.Close()
+	}()
+	return s.serveH2(nc, peer, nil, func() {})
+}

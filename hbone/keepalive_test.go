@@ -1,0 +1,142 @@
+package hbone_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"crypto/tls"
+
+	"github.com/meshblocks/meshblocks/hbone"
+	"github.com/meshblocks/meshblocks/hbone/hbonetest"
+	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/identity/identitytest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+)
+
+// TestClientKeepalive runs our Dialer against a hand-written server over
+// net.Pipe inside a synctest bubble and checks PING timing: the first
+// PING 10 s after connecting, the next 10 s after each answer, and the
+// connection closed 20 s after an unanswered PING.
+func TestClientKeepalive(t *testing.T) {
+	for _, answer := range []bool{true, false} {
+		name := map[bool]string{true: "answered", false: "unanswered"}[answer]
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := identitytest.NewCA(t, "cluster.local")
+				serverSrc := ca.Source(t, hbonetest.ServerPath)
+				cEnd, sEnd := net.Pipe()
+				d := &hbone.Dialer{
+					Source:   ca.Source(t, hbonetest.ClientPath),
+					Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+					DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						return cEnd, nil
+					},
+				}
+				defer d.Close()
+				start := time.Now()
+				pings := make(chan time.Duration, 100)
+				go func() {
+					ts := tlsServer(sEnd, identity.ServerTLSConfig(serverSrc))
+					if ts == nil {
+						return
+					}
+					defer ts.Close()
+					p := newRawPeer(t, ts)
+					if p.serverHandshake() != nil {
+						return
+					}
+					for {
+						f, err := p.fr.ReadFrame()
+						if err != nil {
+							close(pings)
+							return
+						}
+						switch f := f.(type) {
+						case *http2.SettingsFrame:
+							if !f.IsAck() {
+								p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+							}
+						case *http2.MetaHeadersFrame:
+							p.writeHeaders(f.StreamID, false, ":status", "200")
+						case *http2.PingFrame:
+							if f.IsAck() {
+								continue
+							}
+							pings <- time.Since(start)
+							if answer {
+								p.write(func(fr *http2.Framer) error { return fr.WritePing(true, f.Data) })
+							}
+						}
+					}
+				}()
+				c, err := d.Dial(t.Context(), hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"})
+				require.NoError(t, err)
+				defer c.Close()
+				if answer {
+					time.Sleep(65 * time.Second)
+					synctest.Wait()
+					var got []time.Duration
+					for len(pings) > 0 {
+						got = append(got, <-pings)
+					}
+					require.Equal(t, []time.Duration{10 * time.Second, 20 * time.Second, 30 * time.Second,
+						40 * time.Second, 50 * time.Second, 60 * time.Second}, got)
+					require.Equal(t, 1, d.Stats().Conns)
+					return
+				}
+				_, err = c.Read(make([]byte, 1))
+				require.ErrorIs(t, err, hbone.ErrKeepaliveTimeout)
+				require.Equal(t, 30*time.Second, time.Since(start))
+				require.Equal(t, 10*time.Second, <-pings)
+			})
+		})
+	}
+}
+
+// TestServerKeepalive checks that our Server PINGs an idle client and,
+// when the PING goes unanswered for 20 s, sends GOAWAY(NO_ERROR) and
+// closes.
+func TestServerKeepalive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := identitytest.NewCA(t, "cluster.local")
+		srv := &hbone.Server{Source: ca.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(hbonetest.Echo)}
+		cEnd, sEnd := net.Pipe()
+		done := make(chan error, 1)
+		go func() { done <- srv.ServeConn(sEnd) }()
+		start := time.Now()
+		tc := tls.Client(cEnd, identity.ClientTLSConfig(ca.Source(t, hbonetest.ClientPath), ca.ID(hbonetest.ServerPath)))
+		require.NoError(t, tc.Handshake())
+		p := newRawPeer(t, tc)
+		p.clientHandshake()
+		var ping, goaway time.Duration
+		var code http2.ErrCode
+		for {
+			f, err := p.fr.ReadFrame()
+			if err != nil {
+				break
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+				}
+			case *http2.PingFrame:
+				ping = time.Since(start)
+			case *http2.GoAwayFrame:
+				goaway, code = time.Since(start), f.ErrCode
+			}
+		}
+		require.Equal(t, 10*time.Second, ping)
+		require.Equal(t, 30*time.Second, goaway)
+		require.Equal(t, http2.ErrCodeNo, code)
+		require.NoError(t, <-done)
+		srv.Close()
+		io.Copy(io.Discard, tc)
+	})
+}
