@@ -113,7 +113,6 @@ func tlsPipe(t testing.TB, clientCfg, serverCfg *tls.Config) (*tls.Conn, *tls.Co
 	return c, s
 }
 
-
 // tlsServer runs a TLS server handshake on c and returns the conn, or nil.
 func tlsServer(c net.Conn, cfg *tls.Config) *tls.Conn {
 	s := tls.Server(c, cfg)
