@@ -18,6 +18,8 @@ type PolicyError struct {
 	// Field is the Istio field path, e.g. "spec.rules[0].from[1].source.ipBlocks[2]".
 	Field string
 	Msg   string
+	// Err is the underlying cause, if any (for example a decoding error).
+	Err error
 }
 
 // Error returns "authz: ns/name: field: msg".
@@ -28,8 +30,13 @@ func (e *PolicyError) Error() string {
 	return fmt.Sprintf("authz: %s/%s: %s: %s", e.Namespace, e.Name, e.Field, e.Msg)
 }
 
-// Unwrap returns ErrInvalidPolicy.
-func (e *PolicyError) Unwrap() error { return ErrInvalidPolicy }
+// Unwrap returns ErrInvalidPolicy and the cause, if any.
+func (e *PolicyError) Unwrap() []error {
+	if e.Err != nil {
+		return []error{ErrInvalidPolicy, e.Err}
+	}
+	return []error{ErrInvalidPolicy}
+}
 
 type validator struct {
 	p   *Policy

@@ -78,7 +78,7 @@ func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 	for i, doc := range SplitDocuments(data) {
 		js, err := yaml.YAMLToJSON(doc)
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("istio: document %d: %w: %w", i, ErrDecode, err))
+			errs = multierror.Append(errs, fmt.Errorf("%w: document %d: %w", ErrDecode, i, err))
 			continue
 		}
 		ps, err := parseJSON(js, &opts)
@@ -100,7 +100,7 @@ func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
 	}
 	var o object
 	if err := json.Unmarshal(js, &o); err != nil {
-		return nil, fmt.Errorf("istio: %w: %w", ErrDecode, err)
+		return nil, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	if o.Kind == "List" {
 		var errs *multierror.Error
@@ -135,7 +135,7 @@ func convertObject(o *object, opts *Options) (authz.Policy, error) {
 		}
 	}
 	fail := func(field string, err error) (authz.Policy, error) {
-		pe := &authz.PolicyError{Namespace: ns, Name: o.Metadata.Name, Field: field, Msg: err.Error()}
+		pe := &authz.PolicyError{Namespace: ns, Name: o.Metadata.Name, Field: field, Msg: err.Error(), Err: err}
 		return authz.Policy{Namespace: ns, Name: o.Metadata.Name, Err: pe}, pe
 	}
 	if o.APIVersion != "security.istio.io/v1" && o.APIVersion != "security.istio.io/v1beta1" {
@@ -161,7 +161,7 @@ func convertObject(o *object, opts *Options) (authz.Policy, error) {
 		cond, err := c.Compile(expr)
 		if err != nil {
 			pe := &authz.PolicyError{Namespace: ns, Name: o.Metadata.Name,
-				Field: "metadata.annotations[" + authzcel.Annotation + "]", Msg: err.Error()}
+				Field: "metadata.annotations[" + authzcel.Annotation + "]", Msg: err.Error(), Err: err}
 			p.Err = pe
 			return p, pe
 		}
