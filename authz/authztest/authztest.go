@@ -118,6 +118,7 @@ func Load(name string, data []byte) (*Suite, error) {
 		}
 	}
 	if errs != nil {
+		errs.ErrorFormat = authz.ListFormat
 		return nil, errs
 	}
 	return s, nil

@@ -17,6 +17,10 @@
 // policy using the annotation is more restrictive here (ALLOW) or matches
 // less (DENY) than in Istio; that is the point of the extension.
 //
+// The variables are maps of dynamic values, so a field access has type dyn:
+// the compiler rejects expressions whose type is known not to be bool, and a
+// non-bool result at run time is an evaluation error (fail closed as below).
+//
 // The expression is compiled once, when the policy is loaded (see
 // authz/istio). An expression that fails to parse or type-check makes the
 // policy invalid, and an invalid policy denies everything in its scope
