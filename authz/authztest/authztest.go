@@ -150,6 +150,20 @@ func decodeStrict(data []byte, v any) error {
 	return dec.Decode(v)
 }
 
+// ParseRequest parses one request file: a single case's fields (layer,
+// rootNamespace, extensionProviders, policies, workload, request) as used
+// by `meshctl authz check`. name and expect are optional.
+func ParseRequest(name string, data []byte) (*Case, error) {
+	c := &Case{}
+	if err := decodeStrict(data, c); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidFile, name, err)
+	}
+	if _, err := c.BuildRequest(); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidFile, name, err)
+	}
+	return c, nil
+}
+
 // LoadFile reads and parses a test file.
 func LoadFile(path string) (*Suite, error) {
 	data, err := os.ReadFile(path)
