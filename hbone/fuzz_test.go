@@ -32,7 +32,9 @@ func FuzzSplitAuthority(f *testing.F) {
 	})
 }
 
-func itoa(p uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):] }
+func itoa(p uint16) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), p).String()[len("0.0.0.0:"):]
+}
 
 func FuzzParseHeaders(f *testing.F) {
 	f.Add("k8s.cluster.name=c,k8s.namespace.name=ns,k8s.deployment.name=d,service.name=s,service.version=v")
@@ -109,7 +111,7 @@ func FuzzServerFrames(f *testing.F) {
 	fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 	f.Add(buf.Bytes())
 	f.Add([]byte{0, 0, 1, 0, 0x8, 0, 0, 0, 1, 5}) // padded DATA, pad > payload
-	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0})       // DATA on stream 0
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0})      // DATA on stream 0
 	f.Add([]byte{0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		srv := &hbone.Server{Handler: hbone.HandlerFunc(func(r *hbone.Request) {
