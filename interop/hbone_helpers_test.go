@@ -12,6 +12,7 @@ import (
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/identity/identitytest"
 	istiohbone "istio.io/istio/pkg/hbone"
+	istiolog "istio.io/istio/pkg/log"
 )
 
 // hboneEchoUpstream is a TCP echo server that half-closes its write side
@@ -69,6 +70,11 @@ func hboneSinkUpstream(t testing.TB) string {
 // ALPN h2, here with our SPIFFE server config. It returns the address.
 func hboneIstioServer(t testing.TB, ca *identitytest.CA, path string) string {
 	t.Helper()
+	// Istio's hbone package logs every connection at info; keep test
+	// output readable.
+	if s := istiolog.FindScope("hbone"); s != nil {
+		s.SetOutputLevel(istiolog.ErrorLevel)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
