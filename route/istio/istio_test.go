@@ -1,0 +1,212 @@
+package istio_test
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/meshblocks/meshblocks/route"
+	"github.com/meshblocks/meshblocks/route/istio"
+)
+
+func TestDecodeBookinfo(t *testing.T) {
+	data, err := os.ReadFile("testdata/bookinfo.yaml")
+	require.NoError(t, err)
+	objs, err := istio.Decode(data)
+	require.NoError(t, err)
+	require.Len(t, objs, 4)
+	res, err := istio.Convert(objs, "")
+	require.NoError(t, err)
+	require.Len(t, res.Routes, 2)
+	require.Len(t, res.Policies, 2)
+
+	reviews := res.Routes[0]
+	assert.Equal(t, []string{"reviews.default.svc.cluster.local"}, reviews.Hosts)
+	require.Len(t, reviews.HTTP, 1)
+	b := reviews.HTTP[0].Backends
+	require.Len(t, b, 2)
+	assert.Equal(t, route.Backend{Host: "reviews.default.svc.cluster.local", Subset: "v1", Weight: 90}, b[0])
+	assert.EqualValues(t, 10, b[1].Weight)
+
+	ratings := res.Routes[1]
+	require.Len(t, ratings.HTTP, 2)
+	f := ratings.HTTP[0].Fault
+	require.NotNil(t, f)
+	assert.Equal(t, 7*time.Second, f.Delay)
+	assert.EqualValues(t, 1000000, f.DelayPerMillion)
+	assert.Equal(t, []route.HeaderMatch{{Name: "end-user", StringMatch: route.StringMatch{Kind: route.Exact, Value: "jason"}}}, ratings.HTTP[0].Matches[0].Headers)
+
+	assert.Equal(t, route.RoundRobin, res.Policies[1].Policy.LB.Kind)
+	assert.Equal(t, "ratings.default.svc.cluster.local", res.Policies[1].Host)
+}
+
+func TestValidationFieldPaths(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"negative weight", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 10
+    - destination: {host: reviews, subset: v2}
+      weight: -1
+`, []string{"VirtualService default/reviews: spec.http[0].route[1].weight: must be >= 0"}},
+		{"all zero weights", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+      weight: 0
+    - destination: {host: reviews, subset: v2}
+      weight: 0
+`, []string{"VirtualService default/reviews: spec.http[0].route: total destination weight = 0"}},
+		{"regex star under headers", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {x-a: {regex: "*"}}
+    route: [{destination: {host: reviews}}]
+`, []string{"spec.http[0].match[0].headers.x-a.regex: \"*\" is not a valid RE2 expression"}},
+		{"uppercase header and bad uri regex", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {X-User: {exact: a}}
+      uri: {regex: "(bad"}
+    route: [{destination: {host: reviews}}]
+`, []string{"spec.http[0].match[0].headers.X-User: header name must be lowercase", "spec.http[0].match[0].uri.regex"}},
+		{"redirect and route", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - redirect: {uri: /x}
+    route: [{destination: {host: reviews}}]
+`, []string{"spec.http[0]: must not specify both redirect and route"}},
+		{"missing hosts and destination host", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  http:
+  - route: [{destination: {subset: v1}}]
+`, []string{"spec.hosts: at least one host is required", "spec.http[0].route[0].destination.host: destination host is required"}},
+		{"fault percentage and abort status", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - fault:
+      abort:
+        percentage: {value: 120}
+        httpStatus: 99
+    route: [{destination: {host: reviews}}]
+`, []string{"spec.http[0].fault.abort.percentage.value: percentage 120 is not in range 0..100", "spec.http[0].fault.abort.httpStatus: 99 is not a valid HTTP status"}},
+		{"retries", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - retries: {attempts: -2, perTryTimeout: 0.0001s}
+    route: [{destination: {host: reviews}}]
+`, []string{"spec.http[0].retries.attempts: must be >= 0", "spec.http[0].retries.perTryTimeout: must be at least 1ms"}},
+		{"tls sni not in hosts", `
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo]
+  tls:
+  - match: [{sniHosts: [other.example.com]}]
+    route: [{destination: {host: echo}}]
+`, []string{"spec.tls[0].match[0].sniHosts[0]: SNI host \"other.example.com\" is not a compatible subset"}},
+		{"destination rule", `
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v1, labels: {version: v2}}
+`, []string{"DestinationRule default/reviews: spec.host: required", "spec.subsets[1].name: duplicate subset name \"v1\""}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			objs, err := istio.Decode([]byte(tc.yaml))
+			require.NoError(t, err)
+			_, err = istio.Convert(objs, "")
+			require.Error(t, err)
+			assert.ErrorIs(t, err, route.ErrInvalidConfig)
+			for _, w := range tc.want {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	_, err := istio.Decode([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hostz: [a]}\n"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "VirtualService default/x: spec")
+	_, err = istio.Decode([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n"))
+	assert.ErrorIs(t, err, istio.ErrUnsupported)
+	_, err = istio.Decode([]byte("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x}\n"))
+	assert.ErrorIs(t, err, istio.ErrUnsupported)
+}
+
+func FuzzDecode(f *testing.F) {
+	seed, err := os.ReadFile("testdata/bookinfo.yaml")
+	require.NoError(f, err)
+	f.Add(seed)
+	for _, doc := range strings.Split(string(seed), "---") {
+		f.Add([]byte(doc))
+	}
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}, weight: -5}]}]}"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		objs, err := istio.Decode(data)
+		if err != nil {
+			return
+		}
+		res, err := istio.Convert(objs, "")
+		if err != nil {
+			return
+		}
+		cfg := route.Config{Routes: res.Routes, Policies: res.Policies, Services: []route.Service{{Host: "a.default.svc.cluster.local", Ports: []route.Port{{Port: 80}}, Endpoints: []route.Endpoint{{IP: "10.0.0.1"}}}}}
+		tbl, err := route.Build(cfg)
+		if err != nil {
+			return
+		}
+		r := tbl.Pick(&route.Request{Host: "a.default.svc.cluster.local", Port: 80, Path: "/x?y=z"}, nil)
+		r.Done()
+	})
+}
