@@ -3,7 +3,6 @@ package routetest
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -453,6 +452,15 @@ func (c *Case) Run() error {
 		checkAffinity(c, t, e.Affinity, outs, fail)
 	}
 	checkOptional(c, outs, n, fail)
+	if errs != nil {
+		errs.ErrorFormat = func(es []error) string {
+			s := make([]string, len(es))
+			for i, e := range es {
+				s[i] = e.Error()
+			}
+			return strings.Join(s, "; ")
+		}
+	}
 	return errs.ErrorOrNil()
 }
 
@@ -792,4 +800,3 @@ func (c *Case) Explain() (string, error) {
 	return b.String(), nil
 }
 
-var _ = errors.New
