@@ -77,4 +77,3 @@ func TestParseRejectsInvalidFiles(t *testing.T) {
 		})
 	}
 }
-

@@ -799,4 +799,3 @@ func (c *Case) Explain() (string, error) {
 	}
 	return b.String(), nil
 }
-
