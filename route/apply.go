@@ -179,9 +179,6 @@ func (res *Result) Location(req *Request) string {
 	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
 		port = ""
 	}
-	if rd.Scheme != "" && rd.Port == 0 && rd.Derive != PortFromRequest && rd.SegmentPrefix {
-		port = ""
-	}
 	path := req.Path
 	if path == "" {
 		path = "/"

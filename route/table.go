@@ -389,7 +389,7 @@ func (t *Table) cluster(from *service, d Destination, policies map[string]*Polic
 		}
 		rank := 0
 		if wl != (Locality{}) {
-			rank = localityRank(c.LB.Failover, wl, ep.Locality, false)
+			rank = localityRank(c.LB.Failover, wl, ep.Locality)
 		}
 		if rank > best {
 			best = rank
@@ -536,7 +536,7 @@ func (t *Table) l4(s *service, port int, rcs []*RouteConfig, tls bool, policies 
 					r.clusters[j] = t.cluster(s, Destination{Host: b.Host, Subset: b.Subset, Port: t.destPort(b, port)}, policies, wl)
 				}
 				wt := b.Weight
-				if len(lr.Backends) == 1 && !strings.HasSuffix(rc.Kind, "Route") {
+				if len(lr.Backends) == 1 && !rc.GatewayAPI {
 					wt = 1
 				}
 				if wt > 0 {
@@ -949,9 +949,6 @@ func (r *Request) authority() string {
 	if r.Authority != "" {
 		return r.Authority
 	}
-	if r.Port != 0 && r.Port != 80 && r.Port != 443 && net.ParseIP(r.Host) == nil {
-		return r.Host
-	}
 	return r.Host
 }
 
@@ -1277,7 +1274,7 @@ func scopeMatch(scope string, a, b Locality) bool {
 // ranks FAILOVER endpoints: count matching scopes in order and stop at the
 // first mismatch, except that NETWORK as first scope adds a bonus when it
 // matches and does not stop the count when it does not.
-func localityRank(scopes []string, src, ep Locality, _ bool) int {
+func localityRank(scopes []string, src, ep Locality) int {
 	rank := 0
 	for i, sc := range scopes {
 		m := scopeMatch(sc, src, ep)
@@ -1316,7 +1313,7 @@ func (t *Table) ztunnel(s *service, req *Request, r Rand) Result {
 				continue
 			}
 		case s.failover != nil:
-			rank = localityRank(s.failover, req.Source, ep.Locality, true)
+			rank = localityRank(s.failover, req.Source, ep.Locality)
 		}
 		if rank > best {
 			best, total = rank, 0
@@ -1346,7 +1343,7 @@ func (t *Table) ztunnel(s *service, req *Request, r Rand) Result {
 				continue
 			}
 		case s.failover != nil:
-			rank = localityRank(s.failover, req.Source, ep.Locality, true)
+			rank = localityRank(s.failover, req.Source, ep.Locality)
 		}
 		if rank != best {
 			continue

@@ -356,11 +356,20 @@ func (c *conv) headerOps(f string, ops *v1alpha3.Headers_HeaderOperations, autho
 	return out
 }
 
-var grpcCodes = map[string]int{
-	"OK": 0, "CANCELLED": 1, "UNKNOWN": 2, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
-	"ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8, "FAILED_PRECONDITION": 9,
-	"ABORTED": 10, "OUT_OF_RANGE": 11, "UNIMPLEMENTED": 12, "INTERNAL": 13, "UNAVAILABLE": 14,
-	"DATA_LOSS": 15, "UNAUTHENTICATED": 16,
+// grpcCode maps a gRPC status name to its code.
+func grpcCode(name string) (int, bool) {
+	names := [...]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+		"ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+		"OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+	for i, n := range names {
+		if n == name {
+			return i, true
+		}
+	}
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 && n < len(names) {
+		return n, true
+	}
+	return 0, false
 }
 
 func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
@@ -584,12 +593,7 @@ func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
 				}
 				fault.AbortStatus = int(e.HttpStatus)
 			case *v1alpha3.HTTPFaultInjection_Abort_GrpcStatus:
-				code, ok := grpcCodes[e.GrpcStatus]
-				if !ok {
-					if n, err := strconv.Atoi(e.GrpcStatus); err == nil && n >= 0 && n <= 16 {
-						code, ok = n, true
-					}
-				}
+				code, ok := grpcCode(e.GrpcStatus)
 				if !ok {
 					c.bad(f+".fault.abort.grpcStatus", "unknown gRPC status %q", e.GrpcStatus)
 				}
@@ -637,12 +641,21 @@ func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
 	return out
 }
 
-var scopeLabels = map[string]string{
-	"topology.istio.io/network":     "network",
-	"topology.kubernetes.io/region": "region",
-	"topology.kubernetes.io/zone":   "zone",
-	"topology.istio.io/subzone":     "subzone",
-	"kubernetes.io/hostname":        "node",
+// scopeOf maps a failoverPriority topology label to a locality scope.
+func scopeOf(label string) (string, bool) {
+	switch label {
+	case "topology.istio.io/network":
+		return "network", true
+	case "topology.kubernetes.io/region":
+		return "region", true
+	case "topology.kubernetes.io/zone":
+		return "zone", true
+	case "topology.istio.io/subzone":
+		return "subzone", true
+	case "kubernetes.io/hostname":
+		return "node", true
+	}
+	return "", false
 }
 
 func (c *conv) lb(f string, s *v1alpha3.LoadBalancerSettings) *route.LB {
@@ -688,7 +701,7 @@ func (c *conv) lb(f string, s *v1alpha3.LoadBalancerSettings) *route.LB {
 	if ls := s.LocalityLbSetting; ls != nil && (ls.Enabled == nil || ls.Enabled.Value) {
 		if len(ls.FailoverPriority) > 0 {
 			for i, l := range ls.FailoverPriority {
-				sc, ok := scopeLabels[strings.SplitN(l, "=", 2)[0]]
+				sc, ok := scopeOf(strings.SplitN(l, "=", 2)[0])
 				if !ok {
 					c.bad(fmt.Sprintf("%s.localityLbSetting.failoverPriority[%d]", f, i), "unsupported label %q", l)
 				}

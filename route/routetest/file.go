@@ -190,7 +190,8 @@ func (p *PortSpec) UnmarshalJSON(b []byte) error {
 
 // Affinity expects repeated requests to stick to one endpoint.
 type Affinity struct {
-	// HashOn is "header:<name>", "cookie:<name>", "sourceIP" or "query:<name>".
+	// HashOn is "header:<name>", "cookie:<name>", "sourceIP" or "query:<name>";
+	// with SameEndpoint it must be the hash key of the destination used.
 	HashOn       string `json:"hashOn"`
 	SameEndpoint bool   `json:"sameEndpoint"`
 	// Within is a subset name or host all those requests stay in.

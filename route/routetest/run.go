@@ -134,6 +134,8 @@ type Outcome struct {
 	Mirrors     []route.Destination
 	Latency     time.Duration
 	Attempts    int
+	// Hash is the consistent-hash key of the cluster used, if any.
+	Hash *route.HashKey
 }
 
 // Request converts the case request into a route.Request.
@@ -234,6 +236,10 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 	out.Endpoint = res.Endpoint.IP
 	if res.Cluster != nil {
 		out.Destination = res.Cluster.Destination
+		if res.Cluster.LB.Kind == route.ConsistentHash {
+			h := res.Cluster.LB.Hash
+			out.Hash = &h
+		}
 	} else if s, ok := t.Service(req.Host); ok {
 		out.Destination = route.Destination{Host: s.Host, Port: req.Port}
 	} else {
@@ -587,12 +593,39 @@ func checkAffinity(c *Case, t *route.Table, a *Affinity, outs []Outcome, fail fu
 			return
 		}
 	}
+	if a.SameEndpoint {
+		want, err := parseHashOn(a.HashOn)
+		if err != nil {
+			fail("affinity: %v", err)
+			return
+		}
+		if h := outs[0].Hash; h == nil || *h != want {
+			fail("affinity: the destination does not hash on %s (hash policy %+v)", a.HashOn, h)
+		}
+	}
 	if a.SameEndpoint && len(eps) != 1 {
 		fail("affinity on %s: want one endpoint, got %d: %v", a.HashOn, len(eps), sortedKeys(eps))
 	}
 	if !a.SameEndpoint && len(eps) < 2 {
 		fail("affinity on %s: want requests spread over endpoints, all went to %v", a.HashOn, sortedKeys(eps))
 	}
+}
+
+// parseHashOn reads "header:<name>", "cookie:<name>", "query:<name>" or
+// "sourceIP".
+func parseHashOn(s string) (route.HashKey, error) {
+	kind, name, _ := strings.Cut(s, ":")
+	switch {
+	case kind == "sourceIP" && name == "":
+		return route.HashKey{SourceIP: true}, nil
+	case kind == "header" && name != "":
+		return route.HashKey{Header: name}, nil
+	case kind == "cookie" && name != "":
+		return route.HashKey{Cookie: name}, nil
+	case kind == "query" && name != "":
+		return route.HashKey{Query: name}, nil
+	}
+	return route.HashKey{}, fmt.Errorf("hashOn %q: want header:<name>, cookie:<name>, query:<name> or sourceIP", s)
 }
 
 func checkOptional(c *Case, outs []Outcome, n int, fail func(string, ...any)) {
