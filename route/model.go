@@ -333,6 +333,8 @@ type Retry struct {
 	Codes []int
 	// PerTryTimeout, if non-zero, limits each try.
 	PerTryTimeout time.Duration
+	// Backoff is the base retry interval; zero means Envoy's default (25ms).
+	Backoff time.Duration
 }
 
 // DefaultRetry is the mesh default retry policy Istio applies when a route

@@ -587,6 +587,13 @@ func (c *conv) httpRules(meta ObjectMeta, rules []HTTPRouteRule, port int) []rou
 				}
 				rp.Codes = append(rp.Codes, code)
 			}
+			if rt.Backoff != nil {
+				d, err := parseDuration(*rt.Backoff)
+				if err != nil {
+					c.bad(f+".retry.backoff", "%v", err)
+				}
+				rp.Backoff = d
+			}
 			if r.Timeouts != nil && r.Timeouts.BackendRequest != nil {
 				d, _ := parseDuration(*r.Timeouts.BackendRequest)
 				rp.PerTryTimeout = d

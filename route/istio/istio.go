@@ -616,6 +616,9 @@ func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
 			}
 			r.PerTryTimeout = rt.PerTryTimeout.AsDuration()
 		}
+		if rt.Backoff != nil {
+			r.Backoff = rt.Backoff.AsDuration()
+		}
 		if rt.RetryOn != "" {
 			r.On = nil
 			for _, p := range strings.Split(rt.RetryOn, ",") {
