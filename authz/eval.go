@@ -187,7 +187,7 @@ func (c *check) match(e *ectx) bool {
 		}
 		return !has(c.pneg)
 	case ckHeader:
-		v, ok := r.Headers[c.name]
+		v, ok := header(r, c.name)
 		if !ok {
 			return !c.hasPos
 		}
@@ -252,6 +252,23 @@ func (c *check) match(e *ectx) bool {
 		return ok
 	}
 	return false
+}
+
+// header returns a request header; the pseudo-headers :method, :path and
+// :authority come from the request line.
+func header(r *Request, name string) (string, bool) {
+	if len(name) > 0 && name[0] == ':' {
+		switch name {
+		case ":method":
+			return r.Method, r.Method != ""
+		case ":path":
+			return r.Path, r.Path != ""
+		case ":authority":
+			return r.Host, r.Host != ""
+		}
+	}
+	v, ok := r.Headers[name]
+	return v, ok
 }
 
 func (c *check) listResult(ss []string, as []any) bool {

@@ -87,11 +87,31 @@ func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 		}
 		out = append(out, ps...)
 	}
+	out = lastWins(out)
 	if errs == nil {
 		return out, nil
 	}
 	errs.ErrorFormat = authz.ListFormat
 	return out, errs
+}
+
+// lastWins keeps, for every namespace/name, only the last policy, as
+// applying the documents one after another with kubectl would.
+func lastWins(ps []authz.Policy) []authz.Policy {
+	last := map[[2]string]int{}
+	for i, p := range ps {
+		last[[2]string{p.Namespace, p.Name}] = i
+	}
+	if len(last) == len(ps) {
+		return ps
+	}
+	out := ps[:0:0]
+	for i, p := range ps {
+		if last[[2]string{p.Namespace, p.Name}] == i {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
@@ -148,6 +168,10 @@ func convertObject(o *object, opts *Options) (authz.Policy, error) {
 		}
 	}
 	p := Convert(ns, o.Metadata.Name, spec)
+	if err := emptyLists(ns, o.Metadata.Name, o.Spec); err != nil {
+		p.Err = err
+		return p, err
+	}
 	p.DryRun = strings.EqualFold(o.Metadata.Annotations[DryRunAnnotation], "true")
 	if expr, ok := o.Metadata.Annotations[authzcel.Annotation]; ok {
 		c := opts.CEL
@@ -171,6 +195,26 @@ func convertObject(o *object, opts *Options) (authz.Policy, error) {
 		return p, err
 	}
 	return p, nil
+}
+
+// emptyLists reports `from: []` and `to: []`, which Istio rejects but which
+// decode to the same value as an absent list.
+func emptyLists(ns, name string, spec []byte) error {
+	var raw struct {
+		Rules []map[string]json.RawMessage `json:"rules"`
+	}
+	if json.Unmarshal(spec, &raw) != nil {
+		return nil // reported by protojson already
+	}
+	for i, r := range raw.Rules {
+		for _, k := range []string{"from", "to"} {
+			if v, ok := r[k]; ok && bytes.Equal(bytes.TrimSpace(v), []byte("[]")) {
+				return &authz.PolicyError{Namespace: ns, Name: name,
+					Field: fmt.Sprintf("spec.rules[%d].%s", i, k), Msg: "must not be an empty list (omit it instead)"}
+			}
+		}
+	}
+	return nil
 }
 
 // Convert turns a decoded AuthorizationPolicy spec into an authz.Policy. It
