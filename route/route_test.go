@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/meshblocks/meshblocks/route"
 )
 
@@ -258,4 +260,49 @@ func FuzzMatch(f *testing.F) {
 		}
 		_ = tbl.Pick(req, rand.New(rand.NewPCG(1, 1)))
 	})
+}
+
+func TestHolderConcurrentSwap(t *testing.T) {
+	leakcheck.Check(t)
+	var h route.Holder[route.Table]
+	t1, err := route.Build(reviewsConfig(100, 0))
+	require.NoError(t, err)
+	t2, err := route.Build(reviewsConfig(0, 100))
+	require.NoError(t, err)
+	h.Store(t1)
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for i := range 4 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(i), 1))
+			req := &route.Request{Host: "reviews.default.svc.cluster.local", Port: 9080}
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tbl := h.Load()
+				res := tbl.Pick(req, r)
+				// Each snapshot is complete: its whole traffic goes to one subset.
+				want := "v1"
+				if tbl == t2 {
+					want = "v2"
+				}
+				if res.Kind != route.Forward || res.Cluster.Subset != want {
+					t.Errorf("torn snapshot: got %+v", res.Cluster)
+				}
+				res.Done()
+			}
+		})
+	}
+	for i := range 2000 {
+		if i%2 == 0 {
+			h.Store(t2)
+		} else {
+			h.Store(t1)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }
