@@ -44,19 +44,21 @@ const (
 	ReasonInvalidPolicy
 )
 
-var reasonText = [...]string{
-	ReasonNoPolicy:      "no ALLOW policy applies",
-	ReasonAllowed:       "ALLOW policy matched",
-	ReasonDenied:        "DENY policy matched",
-	ReasonNoAllowMatch:  "no ALLOW policy matched",
-	ReasonCustomDenied:  "CUSTOM policy with unusable provider matched",
-	ReasonInvalidPolicy: "invalid policy applies (fail closed)",
-}
-
 // String describes the reason.
 func (r Reason) String() string {
-	if int(r) < len(reasonText) {
-		return reasonText[r]
+	switch r {
+	case ReasonNoPolicy:
+		return "no ALLOW policy applies"
+	case ReasonAllowed:
+		return "ALLOW policy matched"
+	case ReasonDenied:
+		return "DENY policy matched"
+	case ReasonNoAllowMatch:
+		return "no ALLOW policy matched"
+	case ReasonCustomDenied:
+		return "CUSTOM policy with unusable provider matched"
+	case ReasonInvalidPolicy:
+		return "invalid policy applies (fail closed)"
 	}
 	return "unknown"
 }
