@@ -236,6 +236,9 @@ func FuzzMatch(f *testing.F) {
 	add(route.Match{Headers: []route.HeaderMatch{{Name: "x-h", StringMatch: route.StringMatch{Kind: route.Prefix, Value: "p"}}}})
 	add(route.Match{Headers: []route.HeaderMatch{{Name: "x-w", StringMatch: route.StringMatch{Kind: route.Exact, Value: "v"}, Invert: true}}})
 	add(route.Match{Method: &route.StringMatch{Kind: route.Exact, Value: "POST"}})
+	add(route.Match{PathKind: route.PathRegex, Path: "/h.*", Headers: []route.HeaderMatch{{Name: "x-h", StringMatch: route.StringMatch{Kind: route.Exact, Value: "p1"}}}})
+	add(route.Match{Headers: []route.HeaderMatch{{Name: "x-w", StringMatch: route.StringMatch{Kind: route.Exact, Value: "v"}}, {Name: "x-h", StringMatch: route.StringMatch{Kind: route.Exact, Value: "p2"}}}})
+	add(route.Match{Headers: []route.HeaderMatch{{Name: "x-h", StringMatch: route.StringMatch{Kind: route.Exact, Value: "p2"}}}})
 	for i := 0; i < 20; i++ {
 		add(route.Match{PathKind: route.PathPrefix, Path: fmt.Sprintf("/p%d", i)})
 		add(route.Match{PathKind: route.PathExact, Path: fmt.Sprintf("/e%d", i)})
@@ -305,4 +308,37 @@ func TestHolderConcurrentSwap(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// BenchmarkPickHeaderRules: 1000 header-only rules (one exact header value
+// each), narrowed by the header index.
+func BenchmarkPickHeaderRules(b *testing.B) { benchRules(b, false) }
+
+// BenchmarkPickUnindexed is the worst case: 1000 regex rules that no index
+// can narrow, scanned in order.
+func BenchmarkPickUnindexed(b *testing.B) { benchRules(b, true) }
+
+func benchRules(b *testing.B, regex bool) {
+	cfg := reviewsConfig(1)
+	hr := cfg.Routes[0].HTTP[0]
+	var rules []route.HTTPRoute
+	for i := 0; i < 999; i++ {
+		r := hr
+		r.Matches = []route.Match{{Headers: []route.HeaderMatch{{Name: "x-tenant", StringMatch: route.StringMatch{Kind: route.Exact, Value: fmt.Sprintf("t%d", i)}}}}}
+		if regex {
+			r.Matches = []route.Match{{PathKind: route.PathRegex, Path: fmt.Sprintf("/r%d/[a-z]+", i)}}
+		}
+		rules = append(rules, r)
+	}
+	rules = append(rules, hr)
+	cfg.Routes[0].HTTP = rules
+	tbl, err := route.Build(cfg)
+	require.NoError(b, err)
+	req := &route.Request{Host: "reviews.default.svc.cluster.local", Port: 9080, Path: "/x", Header: map[string][]string{"X-Tenant": {"none"}}}
+	r := rand.New(rand.NewPCG(1, 2))
+	b.ReportAllocs()
+	for b.Loop() {
+		res := tbl.Pick(req, r)
+		res.Done()
+	}
 }

@@ -825,13 +825,27 @@ func unescape(s string) string {
 // pathIndex narrows the rules a path can match: literal exact and prefix
 // paths are looked up by value, the rest are scanned in order.
 type pathIndex struct {
-	exact    map[string][]int32
-	prefix   map[string][]int32
-	pLens    []int
-	segment  map[string][]int32
-	sLens    []int
+	exact   map[string][]int32
+	prefix  map[string][]int32
+	pLens   []int
+	segment map[string][]int32
+	sLens   []int
+	// hdr indexes rules the path cannot narrow by one exact header value:
+	// canonical name -> value -> rules.
+	hdr      map[string]map[string][]int32
+	hdrNames []string
 	generic  []int32
 	useIndex bool
+}
+
+// exactHeader returns the first non-inverted exact header match of m.
+func (m *cmatch) exactHeader() (name, value string, ok bool) {
+	for _, h := range m.headers {
+		if !h.invert && h.kind == Exact {
+			return h.name, h.value, true
+		}
+	}
+	return "", "", false
 }
 
 func buildIndex(rules []*Rule) pathIndex {
@@ -842,6 +856,20 @@ func buildIndex(rules []*Rule) pathIndex {
 	ix.useIndex = true
 	for i, r := range rules {
 		id := int32(i)
+		literal := r.Match != nil && !r.m.lower && (r.m.pathKind == PathExact || r.m.pathKind == PathPrefix || r.m.pathKind == PathSegmentPrefix)
+		if !literal && r.Match != nil {
+			if name, value, ok := r.m.exactHeader(); ok {
+				if ix.hdr == nil {
+					ix.hdr = map[string]map[string][]int32{}
+				}
+				if ix.hdr[name] == nil {
+					ix.hdr[name] = map[string][]int32{}
+					ix.hdrNames = append(ix.hdrNames, name)
+				}
+				ix.hdr[name][value] = append(ix.hdr[name][value], id)
+				continue
+			}
+		}
 		switch {
 		case r.Match == nil || r.m.lower:
 			ix.generic = append(ix.generic, id)
@@ -896,6 +924,21 @@ func (vh *VirtualHost) Match(req *Request) *Rule {
 	}
 	ix := &vh.index
 	try(ix.generic)
+	for _, name := range ix.hdrNames {
+		vals, ok := req.Header[name]
+		if !ok {
+			continue
+		}
+		v := ""
+		if len(vals) == 1 {
+			v = vals[0]
+		} else {
+			v = strings.Join(vals, ",")
+		}
+		if l, ok := ix.hdr[name][v]; ok {
+			try(l)
+		}
+	}
 	if l, ok := ix.exact[pnq]; ok {
 		try(l)
 	}
