@@ -112,7 +112,13 @@ type cpolicy struct {
 	rules   []crule // for the layer of the index that holds it
 }
 
-type labelKey struct{ ns, k, v string }
+type labelKey struct{ k, v string }
+
+// nsIndex holds the policies of one namespace at one layer.
+type nsIndex struct {
+	wide    []*cpolicy              // no selector (namespace-wide)
+	byLabel map[labelKey][]*cpolicy // selector policies by their first label
+}
 
 type targetKey struct {
 	kind     uint8 // 1 Service, 2 ServiceEntry, 3 Gateway
@@ -120,9 +126,9 @@ type targetKey struct {
 }
 
 type layerIndex struct {
-	global   []*cpolicy
-	byNS     map[string][]*cpolicy
-	byLabel  map[labelKey][]*cpolicy
+	global   []*cpolicy // root namespace, no selector (L4); GatewayClass (L7)
+	rootSel  *nsIndex   // root namespace selector policies (L4)
+	byNS     map[string]*nsIndex
 	byTarget map[targetKey][]*cpolicy
 }
 
@@ -155,8 +161,7 @@ func New(cfg Config, policies []Policy) (*Engine, error) {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
 	for _, ix := range []*layerIndex{&e.l4, &e.l7} {
-		ix.byNS = map[string][]*cpolicy{}
-		ix.byLabel = map[labelKey][]*cpolicy{}
+		ix.byNS = map[string]*nsIndex{}
 		ix.byTarget = map[targetKey][]*cpolicy{}
 	}
 	var errs *multierror.Error
@@ -192,8 +197,12 @@ func (e *Engine) place(p *Policy, ord int, invalid bool) {
 		case hasTargets:
 		case p.HasSelector:
 			if k, v, ok := firstLabel(p.Selector); ok {
-				lk := labelKey{p.Namespace, k, v}
-				e.l4.byLabel[lk] = append(e.l4.byLabel[lk], cp)
+				n := e.l4.ns(p.Namespace)
+				if p.Namespace == e.root {
+					e.l4.rootSel = n
+				}
+				lk := labelKey{k, v}
+				n.byLabel[lk] = append(n.byLabel[lk], cp)
 			} // selector: {} attaches to nothing at L4 (spec §3.1)
 		default:
 			e.l4.addScope(e.root, p.Namespace, cp)
@@ -231,11 +240,21 @@ func (e *Engine) place(p *Policy, ord int, invalid bool) {
 	}
 }
 
+func (ix *layerIndex) ns(name string) *nsIndex {
+	n := ix.byNS[name]
+	if n == nil {
+		n = &nsIndex{byLabel: map[labelKey][]*cpolicy{}}
+		ix.byNS[name] = n
+	}
+	return n
+}
+
 func (ix *layerIndex) addScope(root, ns string, cp *cpolicy) {
 	if ns == root {
 		ix.global = append(ix.global, cp)
 	} else {
-		ix.byNS[ns] = append(ix.byNS[ns], cp)
+		n := ix.ns(ns)
+		n.wide = append(n.wide, cp)
 	}
 }
 
@@ -338,6 +357,15 @@ func (st *state) visitSelected(list []*cpolicy, labels map[string]string) {
 	}
 }
 
+func (st *state) visitLabels(n *nsIndex, labels map[string]string) {
+	if n == nil || len(n.byLabel) == 0 {
+		return
+	}
+	for k, v := range labels {
+		st.visitSelected(n.byLabel[labelKey{k, v}], labels)
+	}
+}
+
 func selects(sel, labels map[string]string) bool {
 	for k, v := range sel {
 		if lv, ok := labels[k]; !ok || lv != v {
@@ -356,20 +384,22 @@ func (e *Engine) Evaluate(r *Request) Decision {
 	if r.Layer == L4 {
 		ix := &e.l4
 		st.visitAll(ix.global)
+		var own *nsIndex
 		if w.Namespace != e.root {
-			st.visitAll(ix.byNS[w.Namespace])
-		}
-		for k, v := range w.Labels {
-			st.visitSelected(ix.byLabel[labelKey{w.Namespace, k, v}], w.Labels)
-			if w.Namespace != e.root {
-				st.visitSelected(ix.byLabel[labelKey{e.root, k, v}], w.Labels)
+			own = ix.byNS[w.Namespace]
+			if own != nil {
+				st.visitAll(own.wide)
 			}
 		}
+		st.visitLabels(own, w.Labels)
+		st.visitLabels(ix.rootSel, w.Labels)
 	} else {
 		ix := &e.l7
 		st.visitAll(ix.global)
 		if len(ix.byNS) > 0 && w.Namespace != e.root {
-			st.visitAll(ix.byNS[w.Namespace])
+			if n := ix.byNS[w.Namespace]; n != nil {
+				st.visitAll(n.wide)
+			}
 		}
 		for _, s := range w.Services {
 			st.visitAll(ix.byTarget[targetKey{1, w.Namespace, s}])
