@@ -104,6 +104,11 @@ type RouteConfig struct {
 	// Gateways is the top-level gateways list; empty or containing "mesh"
 	// applies to waypoints.
 	Gateways []string
+	// ExportTo limits visibility: "." (own namespace), "*" (all, the
+	// default when empty), "~" (none) or namespace names. The waypoint must
+	// see the configuration; it also orders configurations (private, then
+	// exported to listed namespaces, then public).
+	ExportTo []string
 	HTTP     []HTTPRoute
 	TLS      []L4Route
 	TCP      []L4Route

@@ -211,13 +211,16 @@ func Build(cfg Config) (*Table, error) {
 			if rc.Namespace != s.ns && rc.Namespace != s.wpNS {
 				continue // ambient: only the Service's or waypoint's namespace
 			}
-			if !hostsMatch(rc.Hosts, s.Host) {
+			if !hostsMatch(rc.Hosts, s.Host) || !visible(rc, s.wpNS) {
 				continue
 			}
 			applicable = append(applicable, rc)
 		}
 		sort.SliceStable(applicable, func(i, j int) bool {
 			a, b := applicable[i], applicable[j]
+			if ba, bb := exportBucket(a), exportBucket(b); ba != bb {
+				return ba < bb
+			}
 			ag := a.GatewayAPI && a.Namespace == s.wpNS
 			bg := b.GatewayAPI && b.Namespace == s.wpNS
 			if ag != bg {
@@ -304,6 +307,40 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(k)
 	return k
+}
+
+// visible reports whether a waypoint in namespace ns sees rc.
+func visible(rc *RouteConfig, ns string) bool {
+	if len(rc.ExportTo) == 0 {
+		return true
+	}
+	for _, e := range rc.ExportTo {
+		switch e {
+		case "*":
+			return true
+		case ".":
+			if rc.Namespace == ns {
+				return true
+			}
+		default:
+			if e == ns {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// exportBucket is Istio's import order: exported to "." first, then to
+// listed namespaces, then public.
+func exportBucket(rc *RouteConfig) int {
+	switch {
+	case slices.Contains(rc.ExportTo, "."):
+		return 0
+	case len(rc.ExportTo) > 0 && !slices.Contains(rc.ExportTo, "*"):
+		return 1
+	}
+	return 2
 }
 
 func appliesToMesh(gws []string) bool { return len(gws) == 0 || slices.Contains(gws, "mesh") }

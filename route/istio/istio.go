@@ -195,7 +195,7 @@ func (c *conv) fqdn(h string) string {
 }
 
 func (c *conv) virtualService(vs *v1alpha3.VirtualService) route.RouteConfig {
-	rc := route.RouteConfig{Kind: c.obj.Kind, Name: c.obj.Name, Namespace: c.obj.Namespace, Created: c.obj.Created, Gateways: vs.Gateways}
+	rc := route.RouteConfig{Kind: c.obj.Kind, Name: c.obj.Name, Namespace: c.obj.Namespace, Created: c.obj.Created, Gateways: vs.Gateways, ExportTo: vs.ExportTo}
 	if len(vs.Hosts) == 0 {
 		c.bad("spec.hosts", "at least one host is required")
 	}
