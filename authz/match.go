@@ -158,13 +158,12 @@ func matchTemplate(parts []tmplPart, s string) bool {
 	case 0:
 		return strings.HasPrefix(s, p.lit) && matchTemplate(parts[1:], s[len(p.lit):])
 	case 1:
-		// one or more non-'/' bytes
-		for i := 0; i < len(s) && s[i] != '/'; i++ {
-			if matchTemplate(parts[1:], s[i+1:]) {
-				return true
-			}
+		// exactly one non-empty segment: everything up to the next '/'
+		i := strings.IndexByte(s, '/')
+		if i < 0 {
+			i = len(s)
 		}
-		return false
+		return i > 0 && matchTemplate(parts[1:], s[i:])
 	}
 	for i := 0; i <= len(s); i++ {
 		if matchTemplate(parts[1:], s[i:]) {

@@ -234,20 +234,21 @@ func (v *validator) pathCheck(f, s string) {
 	if !strings.ContainsAny(s, "{}") {
 		return
 	}
-	if !isTemplate(s) {
-		v.add(f, "%q has braces but is not a {*}/{**} template", s)
-		return
-	}
-	rest := strings.ReplaceAll(strings.ReplaceAll(s, "{**}", ""), "{*}", "")
-	if strings.ContainsAny(rest, "{}*") {
-		v.add(f, "%q: a path template may only contain the operators {*} and {**}", s)
-		return
-	}
-	if i := strings.Index(s, "{**}"); i >= 0 && strings.Contains(s[i+4:], "{*") {
-		v.add(f, "%q: {**} must be the last operator", s)
-	}
-	if !strings.HasPrefix(s, "/") {
-		v.add(f, "%q: a path template must start with '/'", s)
+	// Like Istio: every operator is a whole path segment, and nothing but
+	// literal segments may follow {**}.
+	seenAny := false
+	for _, seg := range strings.Split(strings.Trim(s, "/"), "/") {
+		switch {
+		case seg == "{*}" || seg == "{**}":
+			if seenAny {
+				v.add(f, "%q: {**} must be the last operator", s)
+				return
+			}
+			seenAny = seg == "{**}"
+		case strings.ContainsAny(seg, "{}"):
+			v.add(f, "%q: '{' or '}' outside a whole-segment {*} or {**} operator", s)
+			return
+		}
 	}
 }
 
