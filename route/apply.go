@@ -3,7 +3,6 @@ package route
 import (
 	"net"
 	"net/http"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -43,11 +42,10 @@ func (res *Result) RewritePath(path string) string {
 	case RewriteFullPath:
 		return withQuery(rw.Value)
 	case RewriteRegex:
-		re, err := regexp.Compile(rw.Pattern)
-		if err != nil {
+		if res.Rule.rewriteRE == nil {
 			return path
 		}
-		return withQuery(re.ReplaceAllString(pnq, envoySubst(rw.Substitution)))
+		return withQuery(res.Rule.rewriteRE.ReplaceAllString(pnq, res.Rule.rewriteSub))
 	}
 	return path
 }
@@ -70,12 +68,24 @@ func replaceSegmentPrefix(m *Match, pnq, value string) string {
 	return repl + rest
 }
 
-var substRE = regexp.MustCompile(`\\(\d)`)
-
-// envoySubst turns Envoy's \N capture references into Go's ${N}.
+// envoySubst turns Envoy's \N capture references into Go's ${N} and
+// escapes literal dollars.
 func envoySubst(s string) string {
-	s = strings.ReplaceAll(s, "$", "$$")
-	return substRE.ReplaceAllString(s, "$${$1}")
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '$':
+			b.WriteString("$$")
+		case c == '\\' && i+1 < len(s) && s[i+1] >= '0' && s[i+1] <= '9':
+			b.WriteString("${")
+			b.WriteByte(s[i+1])
+			b.WriteString("}")
+			i++
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
 }
 
 // Authority returns the Host header the upstream sees.

@@ -107,6 +107,8 @@ type Rule struct {
 	clusters   []*Cluster // per Route.Backends index; nil = missing
 	mirrors    []*Cluster
 	hash       []HashKey // per backend
+	rewriteRE  *regexp.Regexp
+	rewriteSub string
 }
 
 // L4Rule is one compiled TCP or TLS rule.
@@ -512,10 +514,12 @@ func (t *Table) rule(s *service, port int, hr *HTTPRoute, m *Match, origin strin
 		return nil
 	}
 	if hr.Rewrite != nil && hr.Rewrite.Kind == RewriteRegex {
-		if _, err := regexp.Compile(hr.Rewrite.Pattern); err != nil {
+		re, err := regexp.Compile(hr.Rewrite.Pattern)
+		if err != nil {
 			bad(origin, field+".rewrite.uriRegexRewrite.match", "invalid RE2: %v", err)
 			return nil
 		}
+		r.rewriteRE, r.rewriteSub = re, envoySubst(hr.Rewrite.Substitution)
 	}
 	idx := make([]int, 0, len(hr.Backends))
 	weights := make([]uint32, 0, len(hr.Backends))
