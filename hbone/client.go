@@ -242,10 +242,37 @@ func (d *Dialer) Dial(ctx context.Context, r Route) (*Conn, error) {
 }
 
 func (st *stream) awaitResponse(ctx context.Context) (int, error) {
-	select {
-	case <-st.resp:
-	case <-st.done:
-	case <-ctx.Done():
+	c := st.c
+	answered := func() bool {
+		select {
+		case <-st.resp:
+			return true
+		case <-st.done:
+			return true
+		case <-ctx.Done():
+			return true
+		default:
+			return false
+		}
+	}
+	for !answered() {
+		if c.tryAcquire(st) {
+			stop := context.AfterFunc(ctx, func() { c.interruptRead(st) })
+			c.readUntil(answered)
+			stop()
+			c.release()
+			continue
+		}
+		idle, ok := c.tokenIdle()
+		if !ok {
+			continue
+		}
+		select {
+		case <-st.resp:
+		case <-st.done:
+		case <-ctx.Done():
+		case <-idle:
+		}
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()

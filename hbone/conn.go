@@ -107,6 +107,20 @@ type conn struct {
 
 	peerMaxFrame atomic.Uint32
 
+	// Read token: one goroutine at a time reads frames. See readtoken.go.
+	rmu         sync.Mutex
+	tokActive   bool
+	tokOwner    *stream // nil for the background reader
+	tokCh       chan struct{}
+	tokWanted   atomic.Bool
+	bgWake      chan struct{}
+	idleTimer   *time.Timer
+	timerArmed  bool
+	tokGen      uint64
+	timerGen    uint64
+	interrupted atomic.Bool
+	midFrame    atomic.Bool
+
 	done chan struct{}
 	wg   sync.WaitGroup
 }
@@ -124,7 +138,6 @@ func newConn(nc net.Conn, cfg connConfig) *conn {
 	c := &conn{
 		nc:             nc,
 		cfg:            cfg,
-		br:             bufio.NewReaderSize(nc, readBufSize),
 		kick:           make(chan struct{}, 1),
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: ^uint32(0),
@@ -140,6 +153,8 @@ func newConn(nc net.Conn, cfg connConfig) *conn {
 	if cfg.client {
 		c.nextID = 1
 	}
+	c.br = bufio.NewReaderSize(retryReader{c}, readBufSize)
+	c.bgWake = make(chan struct{}, 1)
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.SetMaxReadFrameSize(ourMaxFrame)
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -399,6 +414,11 @@ func (c *conn) closeWithError(err error) {
 	if c.pongTimer != nil {
 		c.pongTimer.Stop()
 	}
+	c.rmu.Lock()
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	c.rmu.Unlock()
 	streams := make([]*stream, 0, len(c.streams))
 	for _, st := range c.streams {
 		streams = append(streams, st)
@@ -460,52 +480,65 @@ func (c *conn) protoError(code http2.ErrCode, format string, args ...any) {
 	c.closeWithError(pe)
 }
 
-func (c *conn) readLoop() {
-	defer c.wg.Done()
-	for {
-		hdr, err := c.br.Peek(9)
-		if err != nil {
-			c.closeWithError(readErr(err))
-			return
-		}
-		if http2.FrameType(hdr[3]) == http2.FrameData {
-			length := uint32(hdr[0])<<16 | uint32(hdr[1])<<8 | uint32(hdr[2])
-			flags := http2.Flags(hdr[4])
-			id := binary.BigEndian.Uint32(hdr[5:]) & (1<<31 - 1)
-			if length > ourMaxFrame {
-				c.protoError(http2.ErrCodeFrameSize, "DATA frame of %d bytes exceeds %d", length, ourMaxFrame)
-				return
-			}
-			if id == 0 {
-				c.protoError(http2.ErrCodeProtocol, "DATA frame on stream 0")
-				return
-			}
-			c.br.Discard(9)
-			if err := c.readData(id, flags, int(length)); err != nil {
-				c.closeWithError(readErr(err))
-				return
-			}
-			continue
-		}
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				c.protoError(http2.ErrCode(ce), "%v", err)
-				return
-			}
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code)
-				continue
-			}
-			c.closeWithError(readErr(err))
-			return
-		}
-		if !c.handleFrame(f) {
-			return
-		}
+// readFrame reads and handles one frame. It returns errInterrupted when
+// a read interrupt arrived at a frame boundary (no bytes of a frame
+// consumed), and errConnDone once the connection is closed (the cause is
+// in c.closeErr).
+func (c *conn) readFrame() error {
+	if c.interrupted.Load() {
+		c.clearInterrupt()
+		return errInterrupted
 	}
+	c.midFrame.Store(false)
+	hdr, err := c.br.Peek(9)
+	if err != nil {
+		if isTimeout(err) && !c.isClosed() {
+			c.clearInterrupt()
+			return errInterrupted
+		}
+		c.closeWithError(readErr(err))
+		return errConnDone
+	}
+	c.midFrame.Store(true)
+	defer c.midFrame.Store(false)
+	if http2.FrameType(hdr[3]) == http2.FrameData {
+		length := uint32(hdr[0])<<16 | uint32(hdr[1])<<8 | uint32(hdr[2])
+		flags := http2.Flags(hdr[4])
+		id := binary.BigEndian.Uint32(hdr[5:]) & (1<<31 - 1)
+		if length > ourMaxFrame {
+			c.protoError(http2.ErrCodeFrameSize, "DATA frame of %d bytes exceeds %d", length, ourMaxFrame)
+			return errConnDone
+		}
+		if id == 0 {
+			c.protoError(http2.ErrCodeProtocol, "DATA frame on stream 0")
+			return errConnDone
+		}
+		c.br.Discard(9)
+		if err := c.readData(id, flags, int(length)); err != nil {
+			c.closeWithError(readErr(err))
+			return errConnDone
+		}
+		return nil
+	}
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		var ce http2.ConnectionError
+		if errors.As(err, &ce) {
+			c.protoError(http2.ErrCode(ce), "%v", err)
+			return errConnDone
+		}
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			c.resetStream(se.StreamID, se.Code)
+			return nil
+		}
+		c.closeWithError(readErr(err))
+		return errConnDone
+	}
+	if !c.handleFrame(f) {
+		return errConnDone
+	}
+	return nil
 }
 
 func readErr(err error) error {

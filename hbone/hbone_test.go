@@ -490,3 +490,70 @@ func TestDeadlines(t *testing.T) {
 	_, err = io.ReadFull(c, b)
 	require.NoError(t, err)
 }
+
+// TestPendingReadUnblocks checks that Close, a read deadline and a write
+// deadline each end a Read (or a Write waiting for credit) that is blocked
+// on a quiet stream, whichever goroutine is reading the connection at the
+// time.
+func TestPendingReadUnblocks(t *testing.T) {
+	leakcheck.Check(t)
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c) // never writes back, never stops reading
+	}))
+	for i := range 20 {
+		c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+		require.NoError(t, err)
+		// A second, busy stream on the same connection keeps frames flowing.
+		other, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+		require.NoError(t, err)
+		go other.Write(make([]byte, 64<<10))
+
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Read(make([]byte, 1))
+			errc <- err
+		}()
+		if i%2 == 0 {
+			time.Sleep(time.Millisecond) // let Read block; not a timing assertion
+			c.Close()
+			require.ErrorIs(t, <-errc, net.ErrClosed)
+		} else {
+			c.SetReadDeadline(time.Now().Add(2 * time.Millisecond))
+			require.ErrorIs(t, <-errc, os_ErrDeadlineExceeded())
+			// The stream still works after the deadline is cleared.
+			c.SetReadDeadline(time.Time{})
+			_, err := c.Write([]byte("x"))
+			require.NoError(t, err)
+			c.Close()
+		}
+		other.Close()
+	}
+}
+
+// TestWriteDeadlineOnFlowControl blocks a writer on a peer that never
+// reads (so the stream window runs out) and checks its write deadline.
+func TestWriteDeadlineOnFlowControl(t *testing.T) {
+	leakcheck.Check(t)
+	release := make(chan struct{})
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		<-release
+	}))
+	defer close(release)
+	c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err := c.Write(make([]byte, 8<<20))
+	require.ErrorIs(t, err, os_ErrDeadlineExceeded())
+	require.Equal(t, 4<<20, n, "exactly the 4 MiB stream window was sent")
+}

@@ -71,6 +71,8 @@ func newStream(c *conn, id uint32) *stream {
 	if c.cfg.client {
 		st.resp = make(chan struct{})
 	}
+	st.readDL.st = st
+	st.writeDL.st = st
 	return st
 }
 
@@ -239,12 +241,38 @@ func (st *stream) Read(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
+		dl := st.readDL.wait()
+		select {
+		case <-dl:
+			return 0, os.ErrDeadlineExceeded
+		default:
+		}
+		if c := st.c; c.tryAcquire(st) {
+			c.readUntil(st.readable)
+			c.release()
+			continue
+		}
+		idle, ok := st.c.tokenIdle()
+		if !ok {
+			continue
+		}
 		select {
 		case <-st.rnotify:
-		case <-st.readDL.wait():
+		case <-idle:
+		case <-dl:
 			return 0, os.ErrDeadlineExceeded
 		}
 	}
+}
+
+// readable reports whether Read has something to return.
+func (st *stream) readable() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if len(st.rq) > 0 || st.rerr != nil || st.closed {
+		return true
+	}
+	return st.readDL.expired()
 }
 
 // Write sends p as DATA frames, waiting for flow-control credit as needed.
@@ -295,13 +323,47 @@ func (st *stream) awaitSend(want int) (int, error) {
 		}
 		ch := c.flowCh
 		c.mu.Unlock()
+		dl := st.writeDL.wait()
+		select {
+		case <-dl:
+			return 0, os.ErrDeadlineExceeded
+		default:
+		}
+		if c.tryAcquire(st) {
+			c.readUntil(func() bool { return st.canSend(ch, dl) })
+			c.release()
+			continue
+		}
+		idle, ok := c.tokenIdle()
+		if !ok {
+			continue
+		}
 		select {
 		case <-ch:
 		case <-st.done:
 		case <-c.done:
-		case <-st.writeDL.wait():
+		case <-idle:
+		case <-dl:
 			return 0, os.ErrDeadlineExceeded
 		}
+	}
+}
+
+// canSend reports whether a writer waiting on flow control should look
+// again: the window grew (ch closed), the stream or connection ended, or
+// the write deadline passed.
+func (st *stream) canSend(ch, dl <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	case <-st.done:
+		return true
+	case <-st.c.done:
+		return true
+	case <-dl:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -345,6 +407,7 @@ func (st *stream) Close() error {
 	st.notify()
 	st.readDL.stop()
 	st.writeDL.stop()
+	c.interruptRead(st)
 
 	c.mu.Lock()
 	registered := c.streams[st.id] == st
@@ -453,6 +516,7 @@ func lowerASCII(s string) string {
 // deadline is a resettable timer whose expiry closes a channel, like the
 // one inside net.Pipe.
 type deadline struct {
+	st    *stream // interrupted when the deadline passes
 	mu    sync.Mutex
 	timer *time.Timer
 	ch    chan struct{}
@@ -477,6 +541,9 @@ func (d *deadline) set(t time.Time) {
 	if dur <= 0 {
 		close(d.ch)
 		d.fired = true
+		if d.st != nil {
+			go d.st.c.interruptRead(d.st)
+		}
 		return
 	}
 	ch := d.ch
@@ -486,6 +553,9 @@ func (d *deadline) set(t time.Time) {
 		if d.ch == ch && !d.fired {
 			close(ch)
 			d.fired = true
+			if d.st != nil {
+				go d.st.c.interruptRead(d.st)
+			}
 		}
 	})
 }
@@ -497,6 +567,12 @@ func (d *deadline) wait() <-chan struct{} {
 		d.ch = make(chan struct{})
 	}
 	return d.ch
+}
+
+func (d *deadline) expired() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fired
 }
 
 func (d *deadline) stop() {
