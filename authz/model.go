@@ -69,7 +69,7 @@ type Policy struct {
 	Selector    map[string]string
 	HasSelector bool
 	// TargetRefs holds spec.targetRefs; a legacy spec.targetRef is stored
-	// here too, with LegacyTargetRef set.
+	// here too (first), with LegacyTargetRef set.
 	TargetRefs      []TargetRef
 	LegacyTargetRef bool
 

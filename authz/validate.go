@@ -124,6 +124,9 @@ func Validate(p *Policy) error {
 	if len(p.TargetRefs) > 0 {
 		n++
 	}
+	if p.LegacyTargetRef && len(p.TargetRefs) > 1 {
+		n++ // targetRef and targetRefs both set
+	}
 	if n > 1 {
 		v.add("spec", "only one of selector, targetRef or targetRefs may be set")
 	}
@@ -138,7 +141,11 @@ func Validate(p *Policy) error {
 	for i, t := range p.TargetRefs {
 		f := fmt.Sprintf("spec.targetRefs[%d]", i)
 		if p.LegacyTargetRef {
-			f = "spec.targetRef"
+			if i == 0 {
+				f = "spec.targetRef"
+			} else {
+				f = fmt.Sprintf("spec.targetRefs[%d]", i-1)
+			}
 		}
 		if t.Name == "" {
 			v.add(f+".name", "must not be empty")
