@@ -89,7 +89,7 @@ var rules = map[string][]string{
 
 	"proxy": {
 		"identity", "hbone", "authz", "route", "internal/netutil",
-		"github.com/spiffe/go-spiffe/v2/spiffeid",
+		"github.com/spiffe/go-spiffe/v2/spiffeid", "github.com/hashicorp/go-multierror",
 	},
 }
 
