@@ -255,6 +255,7 @@ func BenchmarkIdleStreamMemory(b *testing.B) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
+		g0 := runtime.NumGoroutine()
 		b.StartTimer()
 		conns := make([]net.Conn, n)
 		for i := range conns {
@@ -275,10 +276,12 @@ func BenchmarkIdleStreamMemory(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&after)
 		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/n, "B/idle-tunnel")
-		b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
+		b.ReportMetric(float64(runtime.NumGoroutine()-g0)/n, "goroutines/idle-tunnel")
 		for _, c := range conns {
 			c.Close()
 		}
 		w.Close()
+		p.Dialer.Close()
+		p.Server.Close()
 	}
 }

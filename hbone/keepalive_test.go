@@ -140,3 +140,35 @@ func TestServerKeepalive(t *testing.T) {
 		io.Copy(io.Discard, tc)
 	})
 }
+
+// TestPoolIdleEviction checks that a pooled connection without streams is
+// closed after the 5-minute idle timeout, and not before.
+func TestPoolIdleEviction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := identitytest.NewCA(t, "cluster.local")
+		srv := &hbone.Server{Source: ca.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(hbonetest.Echo)}
+		defer srv.Close()
+		d := &hbone.Dialer{
+			Source:   ca.Source(t, hbonetest.ClientPath),
+			Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				cEnd, sEnd := net.Pipe()
+				go srv.ServeConn(sEnd)
+				return cEnd, nil
+			},
+		}
+		defer d.Close()
+		c, err := d.Dial(t.Context(), hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"})
+		require.NoError(t, err)
+		time.Sleep(10 * time.Minute) // busy streams are never evicted
+		synctest.Wait()
+		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1}, d.Stats())
+		require.NoError(t, c.Close())
+		time.Sleep(5*time.Minute - time.Second)
+		synctest.Wait()
+		require.Equal(t, 1, d.Stats().Conns)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		require.Equal(t, hbone.Stats{}, d.Stats())
+	})
+}
