@@ -557,3 +557,29 @@ func TestWriteDeadlineOnFlowControl(t *testing.T) {
 	require.ErrorIs(t, err, os_ErrDeadlineExceeded())
 	require.Equal(t, 4<<20, n, "exactly the 4 MiB stream window was sent")
 }
+
+// TestWriteSucceedsWhenPeerClosesRightAfter: a Write whose bytes were all
+// sent succeeds even if the peer resets the stream right after reading
+// them (a regression: the final credit check used to report the reset).
+func TestWriteSucceedsWhenPeerClosesRightAfter(t *testing.T) {
+	leakcheck.Check(t)
+	const size = 256 << 10
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		io.ReadFull(c, make([]byte, size))
+		c.Close() // RST_STREAM(CANCEL): the client never ended its side
+	}))
+	for range 50 {
+		c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+		require.NoError(t, err)
+		n, err := c.Write(make([]byte, size))
+		require.NoError(t, err)
+		require.Equal(t, size, n)
+		_, err = c.Read(make([]byte, 1))
+		require.ErrorIs(t, err, io.EOF, "CANCEL reads as EOF")
+		c.Close()
+	}
+}

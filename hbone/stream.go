@@ -277,20 +277,22 @@ func (st *stream) readable() bool {
 
 // Write sends p as DATA frames, waiting for flow-control credit as needed.
 func (st *stream) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		_, err := st.awaitSend(0)
+		return 0, err
+	}
 	n := 0
-	for {
+	for n < len(p) {
 		k, err := st.awaitSend(len(p) - n)
 		if err != nil {
 			return n, err
-		}
-		if k == 0 {
-			return n, nil
 		}
 		if err := st.c.writeData(st.id, p[n:n+k], false); err != nil {
 			return n, st.c.err()
 		}
 		n += k
 	}
+	return n, nil
 }
 
 func (st *stream) awaitSend(want int) (int, error) {
