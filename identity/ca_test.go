@@ -385,4 +385,3 @@ func FuzzParsePrivateKeyPEM(f *testing.F) {
 		}
 	})
 }
-
