@@ -583,3 +583,29 @@ func TestWriteSucceedsWhenPeerClosesRightAfter(t *testing.T) {
 		c.Close()
 	}
 }
+
+func TestWriteTo(t *testing.T) {
+	leakcheck.Check(t)
+	got := make(chan []byte, 1)
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		c, err := r.Accept(nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var buf bytes.Buffer
+		if _, err := c.WriteTo(&buf); err != nil {
+			got <- nil
+			return
+		}
+		got <- buf.Bytes()
+	}))
+	c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+	require.NoError(t, err)
+	defer c.Close()
+	want := randBytes(3<<20 + 5)
+	_, err = c.Write(want)
+	require.NoError(t, err)
+	require.NoError(t, c.(*hbone.Conn).CloseWrite())
+	require.True(t, bytes.Equal(want, <-got))
+}

@@ -33,8 +33,15 @@ const (
 // Copy copies from src to dst until EOF or an error, with a pooled buffer
 // that grows from 1 KiB to 16 KiB after 128 KiB and to 256 KiB after
 // 10 MiB. It returns the number of bytes written. Reaching EOF on src is not
-// an error. Copy does not close or half-close either side.
+// an error. Copy does not close or half-close either side. A source that
+// implements io.WriterTo (other than a socket) copies itself.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	// Sources that hold their data in buffers already (tunnel streams)
+	// hand them over directly. Sockets keep the growing buffer below: their
+	// WriteTo falls back to small fixed copies for non-socket writers.
+	if wt, ok := src.(io.WriterTo); ok && !isSocket(src) {
+		return wt.WriteTo(dst)
+	}
 	size := smallBuf
 	buf := GetBuffer(size)
 	defer func() { PutBuffer(buf) }()
@@ -70,6 +77,14 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 			buf = GetBuffer(size)
 		}
 	}
+}
+
+func isSocket(r io.Reader) bool {
+	switch r.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		return true
+	}
+	return false
 }
 
 // Join relays bytes between a and b in both directions until both
