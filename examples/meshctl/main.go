@@ -23,6 +23,7 @@ type command struct {
 func commands() map[string]command {
 	return map[string]command{
 		"authz": authzCommand(),
+		"cert":  certCommand(),
 		"route": routeCommand(),
 	}
 }
