@@ -31,6 +31,12 @@
 // application tunnels. Package hbonetest runs a client/server pair in
 // process for tests.
 //
-// Not implemented yet: double HBONE (an inner TLS+h2 CONNECT inside an
-// outer tunnel, spec §E); Conn can carry it, but there is no helper.
+// Dialer.DialDouble opens double-HBONE tunnels for multi-network traffic:
+// an outer pooled tunnel to the east-west gateway and, inside it, an
+// unpooled TLS 1.3 + HTTP/2 connection to the final service with
+// x-forwarded-network.
+//
+// Reading frames is shared between goroutines (leader/follower): whoever
+// waits for the peer reads, so a request/response exchange costs no extra
+// goroutine hand-off; a background reader covers the idle times.
 package hbone
