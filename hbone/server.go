@@ -285,6 +285,11 @@ func (s *Server) serve(nc net.Conn, cfg *tls.Config) error {
 		nc.Close()
 	}()
 	log := s.logger()
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		// As ztunnel: TCP keepalive 180 s idle, 180 s interval, 9 probes.
+		tcp.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: TCPKeepalive, Interval: TCPKeepalive, Count: 9})
+		tcp.SetNoDelay(true)
+	}
 	tc := tls.Server(nc, cfg)
 	hto := cmpOr(s.HandshakeTimeout, DefaultConnectTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), hto)
