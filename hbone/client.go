@@ -364,6 +364,14 @@ func (p *pool) get(ctx context.Context, r Route) (*conn, error) {
 			p.mu.Unlock()
 			return nil, err
 		}
+		d.mu.Lock()
+		closed = d.closed
+		d.mu.Unlock()
+		if closed {
+			p.mu.Unlock()
+			c.close()
+			return nil, ErrDialerClosed
+		}
 		p.conns = append(p.conns, c)
 		if c.reserve(limit) {
 			p.mu.Unlock()

@@ -323,19 +323,17 @@ func TestPlaintextAndNoALPNRejected(t *testing.T) {
 
 func TestDialContextCancelled(t *testing.T) {
 	leakcheck.Check(t)
-	release := make(chan struct{})
+	acceptErr := make(chan error, 1)
 	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-		r.Reject(http.StatusServiceUnavailable)
+		<-r.Context().Done() // the client gives up while we "connect upstream"
+		_, err := r.Accept(nil)
+		acceptErr <- err
 	}))
-	defer close(release)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err := p.Dialer.DialContext(ctx, "tcp", "10.0.0.1:80")
 	require.ErrorIs(t, err, context.DeadlineExceeded)
+	require.ErrorContains(t, <-acceptErr, "stream ended before the answer")
 }
 
 func TestManyConcurrentStreams(t *testing.T) {

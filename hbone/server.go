@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -64,6 +65,20 @@ func (r *Request) Context() context.Context {
 func (r *Request) Accept(h http.Header) (*Conn, error) {
 	if !r.answered.CompareAndSwap(false, true) {
 		return nil, ErrAlreadyAnswered
+	}
+	select {
+	case <-r.st.done:
+		// The client reset the stream or the connection closed while the
+		// handler was connecting upstream.
+		r.st.mu.Lock()
+		err := r.st.rerr
+		r.st.mu.Unlock()
+		if err == nil || err == io.EOF {
+			err = ErrConnClosed
+		}
+		r.st.Close()
+		return nil, fmt.Errorf("hbone: accept %s: stream ended before the answer: %w", r.Authority, err)
+	default:
 	}
 	fields := appendHeader([]hpack.HeaderField{statusField(http.StatusOK)}, h)
 	if err := r.st.c.writeHeaders(r.st.id, fields, false); err != nil {
