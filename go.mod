@@ -4,6 +4,7 @@ go 1.25.0
 
 require (
 	cel.dev/cel-go v0.33.2 // indirect
+	github.com/go-jose/go-jose/v4 v4.1.5 // indirect
 	github.com/hashicorp/errwrap v1.0.0 // indirect
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
 	github.com/spiffe/go-spiffe/v2 v2.9.0 // indirect
