@@ -19,6 +19,7 @@ import (
 
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/identity/identitytest"
+	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/stretchr/testify/assert"
@@ -96,6 +97,7 @@ func TestCALeafNeverOutlivesCA(t *testing.T) {
 }
 
 func TestCAFromIntermediateDir(t *testing.T) {
+	leakcheck.Check(t)
 	root := identitytest.NewCA(t, "cluster.local")
 	inter := root.IssueIntermediate(t)
 	dir := t.TempDir()

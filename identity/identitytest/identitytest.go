@@ -1,13 +1,3 @@
-// Package identitytest provides an in-memory certificate authority and
-// certificate sources for tests of packages that use identity: real
-// ECDSA P-256 certificates with SPIFFE IDs, issued in memory, plus helpers
-// that issue deliberately broken certificates for negative tests.
-//
-//	ca := identitytest.NewCA(t, "cluster.local")
-//	server := ca.Source(t, "ns/default/sa/server")
-//	client := ca.Source(t, "ns/default/sa/client")
-//	srvConf := identity.ServerTLSConfig(server)
-//	cliConf := identity.ClientTLSConfig(client, ca.ID("ns/default/sa/server"))
 package identitytest
 
 import (
