@@ -19,9 +19,10 @@
 //
 //   - Source gives one identity's current certificate (an
 //     *x509svid.SVID) and its trust bundle. Static, FileSource (PEM files
-//     that are re-read when they change), WorkloadAPISource (the SPIFFE
-//     Workload API, e.g. SPIRE) and a Manager's per-identity sources
-//     implement it; FromX509Source and ToX509Source adapt to and from
+//     that are re-read when they change), a Manager's per-identity sources
+//     and spire.Source (the SPIFFE Workload API, e.g. a SPIRE agent, in
+//     subpackage identity/spire so that its gRPC client is linked only by
+//     those who use it) implement it; FromX509Source and ToX509Source adapt to and from
 //     go-spiffe's x509svid.Source and x509bundle.Source.
 //   - Fetcher issues certificates for any identity on demand: the local CA
 //     implements it, as will an Istio CA client.

@@ -232,19 +232,6 @@ func ExampleNewFileSource() {
 	// Output: spiffe://cluster.local/ns/default/sa/sleep <nil>
 }
 
-func ExampleNewWorkloadAPISource() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	src, err := identity.NewWorkloadAPISource(ctx, identity.WorkloadAPIConfig{
-		Addr: "unix:///run/spire/sockets/agent.sock",
-	})
-	if err != nil {
-		return // no SPIRE agent here
-	}
-	defer src.Close()
-	_ = identity.ServerTLSConfig(src)
-}
-
 func ExampleNewStatic() {
 	ca, err := identity.NewCA(identity.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
 	if err != nil {

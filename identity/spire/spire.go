@@ -1,4 +1,15 @@
-package identity
+// Package spire is an identity.Source over the SPIFFE Workload API, as a
+// SPIRE agent (or any Workload API server) serves it.
+//
+// It lives apart from package identity because the Workload API client
+// brings gRPC and go-jose with it: a proxy that takes its certificates from
+// a local CA or Istio's CA does not link them.
+//
+//	src, err := spire.New(ctx, spire.Config{Addr: "unix:///run/spire/agent.sock"})
+//	if err != nil { ... }
+//	defer src.Close()
+//	tlsConf := identity.ClientTLSConfig(src, serverID)
+package spire
 
 import (
 	"context"
@@ -9,10 +20,12 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/meshblocks/meshblocks/identity"
 )
 
-// WorkloadAPIConfig configures a WorkloadAPISource.
-type WorkloadAPIConfig struct {
+// Config configures a Source.
+type Config struct {
 	// Addr is the Workload API endpoint, "unix:///path/to/socket" or
 	// "tcp://127.0.0.1:port". Required: the library reads no environment
 	// variable (a binary may pass SPIFFE_ENDPOINT_SOCKET here).
@@ -23,22 +36,22 @@ type WorkloadAPIConfig struct {
 	ID spiffeid.ID
 }
 
-// WorkloadAPISource is a Source over the SPIFFE Workload API (for example
+// Source is an identity.Source over the SPIFFE Workload API (for example
 // a SPIRE agent), built on go-spiffe's workloadapi.X509Source: it holds a
 // streaming connection and always has the latest SVID and bundle.
-type WorkloadAPISource struct {
+type Source struct {
 	x  *workloadapi.X509Source
 	id spiffeid.ID
 }
 
-// NewWorkloadAPISource connects to the Workload API and blocks until the
+// New connects to the Workload API and blocks until the
 // first SVID arrives or ctx is done. Close releases the connection.
-func NewWorkloadAPISource(ctx context.Context, cfg WorkloadAPIConfig) (*WorkloadAPISource, error) {
+func New(ctx context.Context, cfg Config) (*Source, error) {
 	if cfg.Addr == "" {
-		return nil, errors.New("identity: WorkloadAPIConfig.Addr is empty")
+		return nil, errors.New("spire: Config.Addr is empty")
 	}
 	if err := workloadapi.ValidateAddress(cfg.Addr); err != nil {
-		return nil, fmt.Errorf("identity: WorkloadAPIConfig.Addr %q: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("spire: Config.Addr %q: %w", cfg.Addr, err)
 	}
 	opts := []workloadapi.X509SourceOption{
 		workloadapi.WithClientOptions(workloadapi.WithAddr(cfg.Addr)),
@@ -56,49 +69,49 @@ func NewWorkloadAPISource(ctx context.Context, cfg WorkloadAPIConfig) (*Workload
 	}
 	x, err := workloadapi.NewX509Source(ctx, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("identity: workload API %s: %w", cfg.Addr, err)
+		return nil, fmt.Errorf("spire: workload API %s: %w", cfg.Addr, err)
 	}
-	return &WorkloadAPISource{x: x, id: cfg.ID}, nil
+	return &Source{x: x, id: cfg.ID}, nil
 }
 
-// SVID implements Source.
-func (s *WorkloadAPISource) SVID(ctx context.Context) (*x509svid.SVID, error) {
+// SVID implements identity.Source.
+func (s *Source) SVID(ctx context.Context) (*x509svid.SVID, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("identity: %w", err)
+		return nil, fmt.Errorf("spire: %w", err)
 	}
 	svid, err := s.x.GetX509SVID()
 	if err != nil {
 		if !s.id.IsZero() {
-			return nil, fmt.Errorf("identity: workload API: no SVID for %s: %w", s.id, err)
+			return nil, fmt.Errorf("spire: workload API: no SVID for %s: %w", s.id, err)
 		}
-		return nil, fmt.Errorf("identity: workload API: %w", err)
+		return nil, fmt.Errorf("spire: workload API: %w", err)
 	}
 	return svid, nil
 }
 
-// Bundle implements Source: the bundle of the SVID's trust domain.
-func (s *WorkloadAPISource) Bundle(ctx context.Context) (*x509bundle.Bundle, error) {
+// Bundle implements identity.Source: the bundle of the SVID's trust domain.
+func (s *Source) Bundle(ctx context.Context) (*x509bundle.Bundle, error) {
 	svid, err := s.SVID(ctx)
 	if err != nil {
 		return nil, err
 	}
 	b, err := s.x.GetX509BundleForTrustDomain(svid.ID.TrustDomain())
 	if err != nil {
-		return nil, fmt.Errorf("identity: workload API: %w", err)
+		return nil, fmt.Errorf("spire: workload API: %w", err)
 	}
 	return b, nil
 }
 
 // X509Source returns the underlying go-spiffe source, e.g. for
 // WaitUntilUpdated or go-spiffe's tlsconfig builders.
-func (s *WorkloadAPISource) X509Source() *workloadapi.X509Source { return s.x }
+func (s *Source) X509Source() *workloadapi.X509Source { return s.x }
 
 // Close closes the connection to the Workload API. It is idempotent.
-func (s *WorkloadAPISource) Close() error {
+func (s *Source) Close() error {
 	if err := s.x.Close(); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("identity: workload API: %w", err)
+		return fmt.Errorf("spire: workload API: %w", err)
 	}
 	return nil
 }
 
-var _ Source = (*WorkloadAPISource)(nil)
+var _ identity.Source = (*Source)(nil)

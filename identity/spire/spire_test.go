@@ -1,7 +1,8 @@
-package identity_test
+package spire_test
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"net"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/identity/identitytest"
+	"github.com/meshblocks/meshblocks/identity/spire"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -114,7 +116,7 @@ func TestWorkloadAPISource(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	src, err := identity.NewWorkloadAPISource(ctx, identity.WorkloadAPIConfig{Addr: addr})
+	src, err := spire.New(ctx, spire.Config{Addr: addr})
 	require.NoError(t, err)
 	defer src.Close()
 
@@ -135,11 +137,25 @@ func TestWorkloadAPISource(t *testing.T) {
 	assert.Equal(t, second.Certificates[0].Raw, got.Certificates[0].Raw)
 
 	// It works as the Source of a real mTLS handshake.
-	res := handshake(t,
+	clientErr, serverErr := handshake(ctx,
 		identity.ServerTLSConfig(src),
 		identity.ClientTLSConfig(ca.Source(t, "ns/default/sa/client"), first.ID))
-	require.NoError(t, res.clientErr)
-	require.NoError(t, res.serverErr)
+	require.NoError(t, clientErr)
+	require.NoError(t, serverErr)
+}
+
+// handshake runs one TLS handshake between the two configs over net.Pipe.
+func handshake(ctx context.Context, serverConf, clientConf *tls.Config) (clientErr, serverErr error) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	done := make(chan error, 1)
+	go func() { done <- tls.Server(b, serverConf).HandshakeContext(ctx) }()
+	clientErr = tls.Client(a, clientConf).HandshakeContext(ctx)
+	if clientErr != nil {
+		a.Close() // unblock the server
+	}
+	return clientErr, <-done
 }
 
 func TestWorkloadAPISourcePicksID(t *testing.T) {
@@ -152,14 +168,14 @@ func TestWorkloadAPISourcePicksID(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	want := ca.ID("ns/default/sa/second")
-	src, err := identity.NewWorkloadAPISource(ctx, identity.WorkloadAPIConfig{Addr: addr, ID: want})
+	src, err := spire.New(ctx, spire.Config{Addr: addr, ID: want})
 	require.NoError(t, err)
 	defer src.Close()
 	got, err := src.SVID(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, want, got.ID)
 
-	missing, err := identity.NewWorkloadAPISource(ctx, identity.WorkloadAPIConfig{Addr: addr, ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/x/sa/y")})
+	missing, err := spire.New(ctx, spire.Config{Addr: addr, ID: spiffeid.RequireFromString("spiffe://cluster.local/ns/x/sa/y")})
 	require.NoError(t, err)
 	defer missing.Close()
 	_, err = missing.SVID(ctx)
@@ -168,14 +184,14 @@ func TestWorkloadAPISourcePicksID(t *testing.T) {
 
 func TestWorkloadAPISourceErrors(t *testing.T) {
 	leakcheck.Check(t)
-	_, err := identity.NewWorkloadAPISource(t.Context(), identity.WorkloadAPIConfig{})
+	_, err := spire.New(t.Context(), spire.Config{})
 	assert.ErrorContains(t, err, "Addr is empty")
-	_, err = identity.NewWorkloadAPISource(t.Context(), identity.WorkloadAPIConfig{Addr: "http://x"})
+	_, err = spire.New(t.Context(), spire.Config{Addr: "http://x"})
 	assert.ErrorContains(t, err, `Addr "http://x"`)
 
 	// No agent listening: the constructor gives up with its context.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err = identity.NewWorkloadAPISource(ctx, identity.WorkloadAPIConfig{Addr: "unix://" + filepath.Join(t.TempDir(), "none.sock")})
+	_, err = spire.New(ctx, spire.Config{Addr: "unix://" + filepath.Join(t.TempDir(), "none.sock")})
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
 }
