@@ -49,6 +49,19 @@ type Case struct {
 	// ExpectError asserts that loading the policies fails with an error
 	// containing this text. Without it, any policy error fails the case.
 	ExpectError string `json:"expectError,omitempty"`
+
+	// PeerAuthentications is Istio PeerAuthentication YAML (optional).
+	// When set, a plaintext request (no source principal) to a port whose
+	// effective mode is STRICT is denied before AuthorizationPolicy runs,
+	// as ztunnel does, and loading errors count like policy errors.
+	PeerAuthentications string `json:"peerAuthentications,omitempty"`
+	// ExpectMTLS optionally asserts the effective mTLS mode of the
+	// destination port: DISABLE, PERMISSIVE or STRICT. A case with
+	// ExpectMTLS may omit expect (and layer, which then defaults to L4).
+	ExpectMTLS string `json:"expectMTLS,omitempty"`
+	// ExpectMTLSBy optionally asserts the PeerAuthentication ("ns/name")
+	// that decided the mode, or "default" when none did.
+	ExpectMTLSBy string `json:"expectMTLSBy,omitempty"`
 }
 
 // Workload is the destination workload.
@@ -110,7 +123,10 @@ func Load(name string, data []byte) (*Suite, error) {
 			errs = multierror.Append(errs, fmt.Errorf("%w: %s.name: duplicate name %q", ErrInvalidFile, where, c.Name))
 		}
 		seen[c.Name] = true
-		if c.Expect != "ALLOW" && c.Expect != "DENY" {
+		if err := c.checkMTLSFields(); err != nil {
+			errs = multierror.Append(errs, fmt.Errorf("%w: %s.%w", ErrInvalidFile, where, err))
+		}
+		if c.Expect != "ALLOW" && c.Expect != "DENY" && (c.Expect != "" || c.ExpectMTLS == "") {
 			errs = multierror.Append(errs, fmt.Errorf("%w: %s.expect: %q must be ALLOW or DENY", ErrInvalidFile, where, c.Expect))
 		}
 		if _, err := c.BuildRequest(); err != nil {
@@ -281,6 +297,9 @@ type Result struct {
 	File     string
 	Case     *Case
 	Decision authz.Decision
+	// MTLS is the effective mTLS mode of the destination port (meaningful
+	// when the case has peerAuthentications or expectMTLS).
+	MTLS authz.MTLSDecision
 	// Failure is empty when the case passed.
 	Failure string
 }
@@ -297,6 +316,16 @@ func (s *Suite) Run() []Result {
 		if d.Allowed {
 			got = "ALLOW"
 		}
+		gotText := d.String()
+		withMTLS := c.PeerAuthentications != "" || c.ExpectMTLS != ""
+		if withMTLS {
+			m, merr := c.EvaluateMTLS()
+			res.MTLS = m
+			err = joinErrs(err, merr)
+			if req, rerr := c.BuildRequest(); rerr == nil && req.Peer == "" && !m.AllowsPlaintext() {
+				got, gotText = "DENY", "DENY (plaintext rejected: "+m.String()+")"
+			}
+		}
 		switch {
 		case c.ExpectError == "" && err != nil:
 			res.Failure = fmt.Sprintf("policy error: %v", oneLine(err))
@@ -304,8 +333,12 @@ func (s *Suite) Run() []Result {
 			res.Failure = fmt.Sprintf("expected a policy error containing %q, got none", c.ExpectError)
 		case c.ExpectError != "" && !strings.Contains(err.Error(), c.ExpectError):
 			res.Failure = fmt.Sprintf("expected a policy error containing %q, got: %v", c.ExpectError, oneLine(err))
-		case got != c.Expect:
-			res.Failure = fmt.Sprintf("got %s, want %s", d, c.Expect)
+		case c.Expect != "" && got != c.Expect:
+			res.Failure = fmt.Sprintf("got %s, want %s", gotText, c.Expect)
+		case c.ExpectMTLS != "" && res.MTLS.Mode.String() != c.ExpectMTLS:
+			res.Failure = fmt.Sprintf("mTLS %s, want %s", res.MTLS, c.ExpectMTLS)
+		case c.ExpectMTLSBy != "" && mtlsBy(res.MTLS) != c.ExpectMTLSBy:
+			res.Failure = fmt.Sprintf("mTLS %s, want it decided by %s", res.MTLS, c.ExpectMTLSBy)
 		case c.ExpectPolicy != "" && (d.Policy == nil || d.Policy.Namespace+"/"+d.Policy.Name != c.ExpectPolicy):
 			res.Failure = fmt.Sprintf("decided by %s, want policy %s", d, c.ExpectPolicy)
 		case c.ExpectRule != nil && d.Rule != *c.ExpectRule:
