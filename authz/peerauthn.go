@@ -1,73 +1,5 @@
 package authz
 
-// PeerAuthentication (mTLS mode) for the ambient data path.
-//
-// What Istio does, as read from the Istio sources and docs (summarised in
-// our own words):
-//
-//   - Scopes (istio.io docs, "PeerAuthentication" reference and the
-//     "Authentication policy" task). A PeerAuthentication in the mesh root
-//     namespace without a selector is mesh-wide; one in any other namespace
-//     without a selector is namespace-wide; one with spec.selector applies to
-//     the workloads of its namespace whose labels contain every matchLabels
-//     entry. A selector with no matchLabels counts as "no selector"
-//     (istio/istio pilot/pkg/serviceregistry/kube/controller/ambient/
-//     authorization.go, convertedSelectorPeerAuthentications).
-//   - Precedence: workload > namespace > mesh, resolved top-down: a mode of
-//     UNSET (or an absent spec.mtls) inherits the parent's mode; with no
-//     policy at all the mode is PERMISSIVE (Istio's default).
-//   - Several policies at one level: the oldest (metadata.creationTimestamp)
-//     wins; the others are ignored (same file, getOldestPeerAuthn and the
-//     per-level "Before" comparisons).
-//   - spec.portLevelMtls only works together with a selector (Istio
-//     validation rejects it on mesh/namespace-wide policies); a port whose
-//     mode is UNSET falls back to the policy's own mode and then to the
-//     parent. Keys are the workload's (target) port numbers, not Service
-//     ports; port 0 is rejected.
-//   - Workload-selector policies in the ROOT namespace are ignored by
-//     istiod's ambient conversion (the `cfg.Namespace != rootNamespace`
-//     guard in convertedSelectorPeerAuthentications); this package does the
-//     same.
-//
-// Where ambient (ztunnel) differs from sidecars:
-//
-//   - ztunnel has no "plaintext only" listener mode. Traffic that arrives
-//     over HBONE is always mTLS, and plaintext traffic reaching a captured
-//     pod is accepted unless the effective mode is STRICT. DISABLE is
-//     therefore treated exactly like PERMISSIVE (istiod only ever asks "is it
-//     STRICT?": isMtlsModeStrict, and groups PERMISSIVE with DISABLE in every
-//     branch of convertPeerAuthentication). MTLSDecision.AllowsPlaintext
-//     encodes this.
-//   - istiod does not send PeerAuthentication to ztunnel as such. It turns
-//     it into L4 authorization: a static DENY policy named
-//     "istio_converted_static_strict" in the root namespace whose only rule
-//     denies connections WITHOUT a peer principal (notPrincipals with a
-//     presence match), referenced by every workload whose effective mode is
-//     STRICT; and, for workload policies with portLevelMtls, a converted DENY
-//     policy "converted_peer_authentication_<name>" with per-port rules
-//     (deny without a principal on STRICT ports, or exempt PERMISSIVE ports
-//     via notDestinationPorts). This package computes the same answer
-//     directly, as a mode per (workload, port), so that a node proxy can
-//     reject plaintext before running AuthorizationPolicy.
-//   - One corner of istiod's conversion (a workload policy with mode UNSET
-//     under a STRICT parent whose port-level entries are all DISABLE, none
-//     PERMISSIVE) keeps the static STRICT policy, so those ports stay STRICT
-//     in ambient although the API documents port-level DISABLE. We follow
-//     istiod here (fail closed): under a STRICT parent and an UNSET workload
-//     mode, port-level DISABLE entries only take effect when at least one
-//     port-level entry is PERMISSIVE, exactly as istiod resolves it. The
-//     opposite corner (namespace UNSET under a STRICT mesh, workload UNSET,
-//     a PERMISSIVE port) makes istiod drop the static STRICT policy for the
-//     whole workload, so every port accepts plaintext; we do NOT copy that:
-//     only the listed port becomes PERMISSIVE, the rest stay STRICT.
-//
-// Failing closed: an invalid PeerAuthentication (one with Err set or that
-// ValidatePeerAuthentication rejects) makes every port of every workload in
-// its scope STRICT, whatever other policies say: its selector's workloads
-// when the selector itself is usable, otherwise its whole namespace (the
-// whole mesh for the root namespace). It is never more permissive than any
-// reading of the broken object.
-
 import (
 	"cmp"
 	"errors"
@@ -317,14 +249,102 @@ func (d MTLSDecision) String() string {
 	return s
 }
 
-type paLevel struct {
-	ns       *PeerAuthentication   // oldest namespace-wide valid policy
-	workload []*PeerAuthentication // valid selector policies, oldest first
-	invalid  []*PeerAuthentication // invalid policies of the namespace
+type labelKV struct{ k, v string }
+
+// compiledPA is a valid workload-selector policy with its selector as a
+// slice (cheaper to test than ranging over a map) and its age rank.
+type compiledPA struct {
+	pa  *PeerAuthentication
+	sel []labelKV
+	age int // position in oldest-first order
 }
 
-// PeerAuthn resolves effective mTLS modes. It is immutable and safe for
-// concurrent use.
+func (c *compiledPA) selects(labels map[string]string) bool {
+	for _, kv := range c.sel {
+		if v, ok := labels[kv.k]; !ok || v != kv.v {
+			return false
+		}
+	}
+	return true
+}
+
+type paLevel struct {
+	ns *PeerAuthentication // oldest namespace-wide valid policy
+	// byLabel indexes the valid selector policies by the smallest
+	// key=value of their selector; each list is oldest first.
+	byLabel map[labelKV][]*compiledPA
+	invalid []*PeerAuthentication // invalid policies of the namespace
+}
+
+// PeerAuthn resolves the effective PeerAuthentication mTLS mode of a
+// destination workload port for the ambient data path (ztunnel inbound). It
+// is immutable and safe for concurrent use.
+//
+// What Istio does, as read from the Istio sources and docs (summarised in
+// our own words):
+//
+//   - Scopes (istio.io docs, "PeerAuthentication" reference and the
+//     "Authentication policy" task). A PeerAuthentication in the mesh root
+//     namespace without a selector is mesh-wide; one in any other namespace
+//     without a selector is namespace-wide; one with spec.selector applies to
+//     the workloads of its namespace whose labels contain every matchLabels
+//     entry. A selector with no matchLabels counts as "no selector"
+//     (istio/istio pilot/pkg/serviceregistry/kube/controller/ambient/
+//     authorization.go, convertedSelectorPeerAuthentications).
+//   - Precedence: workload > namespace > mesh, resolved top-down: a mode of
+//     UNSET (or an absent spec.mtls) inherits the parent's mode; with no
+//     policy at all the mode is PERMISSIVE (Istio's default).
+//   - Several policies at one level: the oldest (metadata.creationTimestamp)
+//     wins; the others are ignored (same file, getOldestPeerAuthn and the
+//     per-level "Before" comparisons).
+//   - spec.portLevelMtls only works together with a selector (Istio
+//     validation rejects it on mesh/namespace-wide policies); a port whose
+//     mode is UNSET falls back to the policy's own mode and then to the
+//     parent. Keys are the workload's (target) port numbers, not Service
+//     ports; port 0 is rejected.
+//   - Workload-selector policies in the ROOT namespace are ignored by
+//     istiod's ambient conversion (the `cfg.Namespace != rootNamespace`
+//     guard in convertedSelectorPeerAuthentications); this package does the
+//     same.
+//
+// Where ambient (ztunnel) differs from sidecars:
+//
+//   - ztunnel has no "plaintext only" listener mode. Traffic that arrives
+//     over HBONE is always mTLS, and plaintext traffic reaching a captured
+//     pod is accepted unless the effective mode is STRICT. DISABLE is
+//     therefore treated exactly like PERMISSIVE (istiod only ever asks "is it
+//     STRICT?": isMtlsModeStrict, and groups PERMISSIVE with DISABLE in every
+//     branch of convertPeerAuthentication). MTLSDecision.AllowsPlaintext
+//     encodes this.
+//   - istiod does not send PeerAuthentication to ztunnel as such. It turns
+//     it into L4 authorization: a static DENY policy named
+//     "istio_converted_static_strict" in the root namespace whose only rule
+//     denies connections WITHOUT a peer principal (notPrincipals with a
+//     presence match), referenced by every workload whose effective mode is
+//     STRICT; and, for workload policies with portLevelMtls, a converted DENY
+//     policy "converted_peer_authentication_<name>" with per-port rules
+//     (deny without a principal on STRICT ports, or exempt PERMISSIVE ports
+//     via notDestinationPorts). This package computes the same answer
+//     directly, as a mode per (workload, port), so that a node proxy can
+//     reject plaintext before running AuthorizationPolicy.
+//   - One corner of istiod's conversion (a workload policy with mode UNSET
+//     under a STRICT parent whose port-level entries are all DISABLE, none
+//     PERMISSIVE) keeps the static STRICT policy, so those ports stay STRICT
+//     in ambient although the API documents port-level DISABLE. We follow
+//     istiod here (fail closed): under a STRICT parent and an UNSET workload
+//     mode, port-level DISABLE entries only take effect when at least one
+//     port-level entry is PERMISSIVE, exactly as istiod resolves it. The
+//     opposite corner (namespace UNSET under a STRICT mesh, workload UNSET,
+//     a PERMISSIVE port) makes istiod drop the static STRICT policy for the
+//     whole workload, so every port accepts plaintext; we do NOT copy that:
+//     only the listed port becomes PERMISSIVE, the rest stay STRICT.
+//
+// Failing closed: an invalid PeerAuthentication (one with Err set or that
+// ValidatePeerAuthentication rejects) makes every port of every workload in
+// its scope STRICT, whatever other policies say: its selector's workloads
+// when the selector itself is usable, otherwise its whole namespace (the
+// whole mesh for the root namespace). It is never more permissive than any
+// reading of the broken object.
 type PeerAuthn struct {
 	root        string
 	mesh        *PeerAuthentication
@@ -356,7 +376,7 @@ func NewPeerAuthn(cfg PeerAuthnConfig, pas []PeerAuthentication) (*PeerAuthn, er
 		order[i] = &e.pas[i]
 	}
 	slices.SortStableFunc(order, olderPA)
-	for _, pa := range order {
+	for age, pa := range order {
 		lv := e.byNS[pa.Namespace]
 		if lv == nil {
 			lv = &paLevel{}
@@ -380,7 +400,15 @@ func NewPeerAuthn(cfg PeerAuthnConfig, pas []PeerAuthentication) (*PeerAuthn, er
 				lv.ns = pa
 			}
 		case pa.Namespace != e.root:
-			lv.workload = append(lv.workload, pa)
+			c := &compiledPA{pa: pa, age: age}
+			for k, v := range pa.Selector {
+				c.sel = append(c.sel, labelKV{k, v})
+			}
+			slices.SortFunc(c.sel, func(a, b labelKV) int { return cmp.Compare(a.k, b.k) })
+			if lv.byLabel == nil {
+				lv.byLabel = map[labelKV][]*compiledPA{}
+			}
+			lv.byLabel[c.sel[0]] = append(lv.byLabel[c.sel[0]], c)
 		}
 	}
 	if errs == nil {
@@ -418,16 +446,24 @@ func (e *PeerAuthn) Mode(w *Workload, port uint16) MTLSDecision {
 	if ns := lv.ns; ns != nil && ns.Mode != MTLSUnset {
 		d.Mode, d.Level, d.By = ns.Mode, LevelNamespace, ns
 	}
-	var wl *PeerAuthentication
-	for _, pa := range lv.workload {
-		if selects(pa.Selector, w.Labels) {
-			wl = pa
-			break
+	var best *compiledPA
+	if len(lv.byLabel) > 0 {
+		for k, v := range w.Labels {
+			for _, c := range lv.byLabel[labelKV{k, v}] {
+				if best != nil && c.age > best.age {
+					break
+				}
+				if c.selects(w.Labels) {
+					best = c
+					break
+				}
+			}
 		}
 	}
-	if wl == nil {
+	if best == nil {
 		return d
 	}
+	wl := best.pa
 	parentStrict := d.Mode == MTLSStrict
 	if wl.Mode != MTLSUnset {
 		d.Mode, d.Level, d.By = wl.Mode, LevelWorkload, wl
