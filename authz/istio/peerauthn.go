@@ -37,8 +37,10 @@ type paObject struct {
 // only the last object is kept. Objects that fail to decode are returned
 // with Err set (so that authz.NewPeerAuthn makes their scope STRICT) and
 // every error, naming the object and field, is also aggregated in the
-// returned error. The result is not validated beyond decoding;
-// authz.NewPeerAuthn validates.
+// returned error. A document that is not YAML at all cannot be attributed
+// to a namespace and yields no object, only an error: callers that enforce
+// must treat a non-nil error from such input as fatal. The result is not
+// validated beyond decoding; authz.NewPeerAuthn validates.
 func ParsePeerAuthentications(data []byte, opts Options) ([]authz.PeerAuthentication, error) {
 	var errs *multierror.Error
 	var out []authz.PeerAuthentication
