@@ -51,13 +51,14 @@ type Case struct {
 	ExpectError string `json:"expectError,omitempty"`
 
 	// PeerAuthentications is Istio PeerAuthentication YAML (optional).
-	// When set, a plaintext request (no source principal) to a port whose
-	// effective mode is STRICT is denied before AuthorizationPolicy runs,
-	// as ztunnel does, and loading errors count like policy errors.
+	// When set, an L4 plaintext request (no source principal) to a port
+	// whose effective mode is STRICT is denied whatever AuthorizationPolicy
+	// says, as ztunnel does, and loading errors count like policy errors.
 	PeerAuthentications string `json:"peerAuthentications,omitempty"`
 	// ExpectMTLS optionally asserts the effective mTLS mode of the
 	// destination port: DISABLE, PERMISSIVE or STRICT. A case with
-	// ExpectMTLS may omit expect (and layer, which then defaults to L4).
+	// ExpectMTLS may omit expect. A case with ExpectMTLS or
+	// PeerAuthentications may omit layer, which then defaults to L4.
 	ExpectMTLS string `json:"expectMTLS,omitempty"`
 	// ExpectMTLSBy optionally asserts the PeerAuthentication ("ns/name")
 	// that decided the mode, or "default" when none did.
@@ -322,7 +323,7 @@ func (s *Suite) Run() []Result {
 			m, merr := c.EvaluateMTLS()
 			res.MTLS = m
 			err = joinErrs(err, merr)
-			if req, rerr := c.BuildRequest(); rerr == nil && req.Peer == "" && !m.AllowsPlaintext() {
+			if req, rerr := c.BuildRequest(); rerr == nil && req.Layer == authz.L4 && req.Peer == "" && !m.AllowsPlaintext() {
 				got, gotText = "DENY", "DENY (plaintext rejected: "+m.String()+")"
 			}
 		}

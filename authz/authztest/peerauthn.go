@@ -9,9 +9,13 @@ import (
 	"github.com/meshblocks/meshblocks/authz/istio"
 )
 
-// checkMTLSFields validates expectMTLS and defaults the layer of
-// mTLS-only cases to L4. The returned error starts with the field name.
+// checkMTLSFields validates expectMTLS and defaults the layer of cases
+// with peerAuthentications or expectMTLS to L4. The returned error starts
+// with the field name.
 func (c *Case) checkMTLSFields() error {
+	if c.Layer == "" && (c.ExpectMTLS != "" || c.PeerAuthentications != "") {
+		c.Layer = "L4" // PeerAuthentication is enforced by ztunnel
+	}
 	if c.ExpectMTLS == "" {
 		if c.ExpectMTLSBy != "" {
 			return fmt.Errorf("expectMTLSBy: requires expectMTLS")
@@ -22,9 +26,6 @@ func (c *Case) checkMTLSFields() error {
 	case "DISABLE", "PERMISSIVE", "STRICT":
 	default:
 		return fmt.Errorf("expectMTLS: %q must be DISABLE, PERMISSIVE or STRICT", c.ExpectMTLS)
-	}
-	if c.Layer == "" {
-		c.Layer = "L4"
 	}
 	return nil
 }
