@@ -28,6 +28,19 @@
 //	    expectRule: 0                          # optional: its rule index
 //	    expectError: "is not an IP"            # optional: policies must fail validation with this text
 //
+// Cases may also check PeerAuthentication (mTLS mode, as ztunnel applies it):
+//
+//	    peerAuthentications: |                 # Istio PeerAuthentication YAML
+//	      apiVersion: security.istio.io/v1
+//	      kind: PeerAuthentication
+//	      ...
+//	    expectMTLS: STRICT                     # optional: DISABLE, PERMISSIVE or STRICT
+//	    expectMTLSBy: test/default             # optional: deciding object, or "default"
+//
+// With peerAuthentications, an L4 request without a source principal to a
+// STRICT port is denied whatever the policies say; layer defaults to L4, and
+// a case with expectMTLS may omit expect.
+//
 // Unknown fields are errors. Top-level keys starting with "x-" are ignored,
 // so they can hold YAML anchors shared by cases. A case whose policies fail
 // validation fails unless it sets expectError (the decision is still checked:
