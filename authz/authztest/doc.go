@@ -30,12 +30,12 @@
 //
 // Cases may also check PeerAuthentication (mTLS mode, as ztunnel applies it):
 //
-//	    peerAuthentications: |                 # Istio PeerAuthentication YAML
-//	      apiVersion: security.istio.io/v1
-//	      kind: PeerAuthentication
-//	      ...
-//	    expectMTLS: STRICT                     # optional: DISABLE, PERMISSIVE or STRICT
-//	    expectMTLSBy: test/default             # optional: deciding object, or "default"
+//	peerAuthentications: |                 # Istio PeerAuthentication YAML
+//	  apiVersion: security.istio.io/v1
+//	  kind: PeerAuthentication
+//	  ...
+//	expectMTLS: STRICT                     # optional: DISABLE, PERMISSIVE or STRICT
+//	expectMTLSBy: test/default             # optional: deciding object, or "default"
 //
 // With peerAuthentications, an L4 request without a source principal to a
 // STRICT port is denied whatever the policies say; layer defaults to L4, and
