@@ -314,8 +314,11 @@ type paLevel struct {
 //     pod is accepted unless the effective mode is STRICT. DISABLE is
 //     therefore treated exactly like PERMISSIVE (istiod only ever asks "is it
 //     STRICT?": isMtlsModeStrict, and groups PERMISSIVE with DISABLE in every
-//     branch of convertPeerAuthentication). MTLSDecision.AllowsPlaintext
-//     encodes this.
+//     branch of convertPeerAuthentication). The istio.io PeerAuthentication
+//     reference says DISABLE "is not supported" in ambient for this reason:
+//     it cannot turn mTLS off between ztunnels, it only fails to require it.
+//     MTLSDecision keeps the configured mode for explanation, and
+//     MTLSDecision.AllowsPlaintext encodes the ambient meaning.
 //   - istiod does not send PeerAuthentication to ztunnel as such. It turns
 //     it into L4 authorization: a static DENY policy named
 //     "istio_converted_static_strict" in the root namespace whose only rule
