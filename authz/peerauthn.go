@@ -113,9 +113,12 @@ func (e *PeerAuthenticationError) Unwrap() []error {
 	return []error{ErrInvalidPeerAuthentication}
 }
 
-// ValidatePeerAuthentication checks pa as Istio's validation does and
-// returns nil or a *multierror.Error of *PeerAuthenticationError values
-// (one per problem; a decoding error in pa.Err is included).
+// ValidatePeerAuthentication checks pa as Istio's validation does (the CRD
+// rules in istio.io/api security/v1beta1/peer_authentication.proto:
+// portLevelMtls requires a selector with matchLabels, and its ports must be
+// 1-65535) and returns nil or a *multierror.Error of
+// *PeerAuthenticationError values (one per problem; a decoding error in
+// pa.Err is included).
 func ValidatePeerAuthentication(pa *PeerAuthentication) error {
 	var errs *multierror.Error
 	add := func(field, format string, args ...any) {
