@@ -502,3 +502,13 @@ func (e *PeerAuthn) PeerAuthentications() []PeerAuthentication { return e.pas }
 
 // String returns "namespace/name".
 func (pa *PeerAuthentication) String() string { return pa.Namespace + "/" + pa.Name }
+
+// Admit applies the mode to one L4 request, as ztunnel does before
+// AuthorizationPolicy: it returns the decision for r.Workload and
+// r.DestPort and whether the connection may proceed (false only when r
+// has no peer identity, i.e. arrived in plaintext, and the mode is
+// STRICT). It does not allocate.
+func (e *PeerAuthn) Admit(r *Request) (MTLSDecision, bool) {
+	d := e.Mode(&r.Workload, r.DestPort)
+	return d, r.Peer != "" || d.AllowsPlaintext()
+}

@@ -144,6 +144,13 @@ func TestMTLSModeStrings(t *testing.T) {
 	assert.Equal(t, "STRICT by port PeerAuthentication test/web portLevelMtls[8080]", e.Mode(w, 8080).String())
 	assert.Equal(t, "PERMISSIVE by workload PeerAuthentication test/web", e.Mode(w, 80).String())
 	assert.Equal(t, "PERMISSIVE (default)", e.Mode(&authz.Workload{Namespace: "x"}, 80).String())
+	d, ok := e.Admit(&authz.Request{Workload: *w, DestPort: 8080})
+	assert.False(t, ok, "plaintext to a STRICT port")
+	assert.Equal(t, authz.LevelPort, d.Level)
+	_, ok = e.Admit(&authz.Request{Workload: *w, DestPort: 8080, Peer: "cluster.local/ns/test/sa/sleep"})
+	assert.True(t, ok, "mTLS to a STRICT port")
+	_, ok = e.Admit(&authz.Request{Workload: *w, DestPort: 80})
+	assert.True(t, ok, "plaintext to a PERMISSIVE port")
 	assert.Equal(t, "istio-system", e.RootNamespace())
 	assert.Len(t, e.PeerAuthentications(), 1)
 }
@@ -155,5 +162,9 @@ func TestPeerAuthnModeDoesNotAllocate(t *testing.T) {
 	var d authz.MTLSDecision
 	allocs := testing.AllocsPerRun(100, func() { d = e.Mode(w, 9003) })
 	assert.Zero(t, allocs)
+	r := &authz.Request{Workload: *w, DestPort: 9003}
+	var ok bool
+	assert.Zero(t, testing.AllocsPerRun(100, func() { d, ok = e.Admit(r) }))
+	assert.False(t, ok)
 	assert.Equal(t, authz.LevelPort, d.Level, "%v", d)
 }
