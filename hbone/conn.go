@@ -224,9 +224,25 @@ func (c *conn) queue(fn func(fr *http2.Framer)) {
 	c.signal()
 }
 
+// lockWrite takes the write lock. If it has to wait, it first makes sure
+// someone reads the connection: the holder may be blocked on a peer that
+// is itself blocked writing to us.
+func (c *conn) lockWrite() {
+	if c.wmu.TryLock() {
+		return
+	}
+	c.rmu.Lock()
+	idle := !c.tokActive
+	c.rmu.Unlock()
+	if idle {
+		c.wakeBG()
+	}
+	c.wmu.Lock()
+}
+
 // flushInline writes queued control frames from the calling goroutine.
 func (c *conn) flushInline() error {
-	c.wmu.Lock()
+	c.lockWrite()
 	defer c.wmu.Unlock()
 	c.drainCtrlLocked()
 	return c.flushLocked()
@@ -266,7 +282,7 @@ func appendFrameHeader(b []byte, length int, typ http2.FrameType, flags http2.Fl
 // the last one if end is set. Queued control frames go first. Frames are
 // batched into few TLS writes, aligned to full TLS records.
 func (c *conn) writeData(id uint32, data []byte, end bool) error {
-	c.wmu.Lock()
+	c.lockWrite()
 	defer c.wmu.Unlock()
 	if c.isClosed() {
 		return c.err()
@@ -448,7 +464,7 @@ func (c *conn) closeGracefully(err error) {
 	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
-		c.wmu.Lock()
+		c.lockWrite()
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 		c.drainCtrlLocked()
 		c.flushLocked()

@@ -172,3 +172,83 @@ func TestPoolIdleEviction(t *testing.T) {
 		require.Equal(t, hbone.Stats{}, d.Stats())
 	})
 }
+
+// TestClientGoAway: after the peer's GOAWAY the pool opens new tunnels on
+// a new connection, keeps the old tunnel working, and closes the old
+// connection once its last stream ends.
+func TestClientGoAway(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := identitytest.NewCA(t, "cluster.local")
+		serverSrc := ca.Source(t, hbonetest.ServerPath)
+		srv := &hbone.Server{Source: serverSrc, Handler: hbone.HandlerFunc(hbonetest.Echo)}
+		defer srv.Close()
+		dials := 0
+		rawDone := make(chan struct{})
+		d := &hbone.Dialer{
+			Source:   ca.Source(t, hbonetest.ClientPath),
+			Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				cEnd, sEnd := net.Pipe()
+				dials++
+				if dials > 1 {
+					go srv.ServeConn(sEnd)
+					return cEnd, nil
+				}
+				// The first connection: a raw peer that accepts stream 1,
+				// then sends GOAWAY and keeps echoing on stream 1.
+				go func() {
+					defer close(rawDone)
+					ts := tlsServer(sEnd, identity.ServerTLSConfig(serverSrc))
+					if ts == nil {
+						return
+					}
+					defer ts.Close()
+					p := newRawPeer(t, ts)
+					if p.serverHandshake() != nil {
+						return
+					}
+					for {
+						f, err := p.fr.ReadFrame()
+						if err != nil {
+							return
+						}
+						switch f := f.(type) {
+						case *http2.SettingsFrame:
+							if !f.IsAck() {
+								p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+							}
+						case *http2.MetaHeadersFrame:
+							p.writeHeaders(f.StreamID, false, ":status", "200")
+							p.write(func(fr *http2.Framer) error { return fr.WriteGoAway(f.StreamID, http2.ErrCodeNo, nil) })
+						case *http2.DataFrame:
+							data := append([]byte(nil), f.Data()...)
+							p.write(func(fr *http2.Framer) error { return fr.WriteData(f.StreamID, f.StreamEnded(), data) })
+						}
+					}
+				}()
+				return cEnd, nil
+			},
+		}
+		defer d.Close()
+		route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
+		c1, err := d.Dial(t.Context(), route)
+		require.NoError(t, err)
+		synctest.Wait()
+		c2, err := d.Dial(t.Context(), route)
+		require.NoError(t, err)
+		require.Equal(t, 2, dials, "the second tunnel needed a new connection")
+		require.Equal(t, hbone.Stats{Conns: 2, Streams: 2}, d.Stats())
+		for _, c := range []*hbone.Conn{c1, c2} {
+			_, err := c.Write([]byte("x"))
+			require.NoError(t, err)
+			b := make([]byte, 1)
+			_, err = io.ReadFull(c, b)
+			require.NoError(t, err)
+		}
+		c1.Close()
+		synctest.Wait()
+		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1}, d.Stats(), "the drained connection is closed")
+		<-rawDone
+		c2.Close()
+	})
+}
