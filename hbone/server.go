@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -490,5 +491,31 @@ func (s *Server) Close() error {
 		c.closeWithError(ErrServerClosed)
 	}
 	s.wg.Wait()
+	return nil
+}
+
+// ErrDestinationMismatch is returned by Request.CheckDestination.
+var ErrDestinationMismatch = errors.New("hbone: authority IP is not the address the client dialled")
+
+// CheckDestination applies ztunnel's destination check (spec §C.11 step
+// 3): when the authority is an IP address it must equal the local IP the
+// client connected to; hostname authorities pass. Handlers answer 400 on
+// error, unless an application-tunnel or waypoint exception applies.
+func (r *Request) CheckDestination() error {
+	host, _, err := SplitAuthority(r.Authority)
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil // a hostname
+	}
+	local, err := netip.ParseAddrPort(r.LocalAddr.String())
+	if err != nil {
+		return fmt.Errorf("hbone: local address %v: %w", r.LocalAddr, err)
+	}
+	if ip.Unmap() != local.Addr().Unmap() {
+		return fmt.Errorf("%w: authority %s, dialled %s", ErrDestinationMismatch, r.Authority, local.Addr())
+	}
 	return nil
 }

@@ -164,3 +164,38 @@ func TestServerConfigErrors(t *testing.T) {
 	require.ErrorContains(t, err, "Handler")
 	require.False(t, errors.Is(err, hbone.ErrServerClosed))
 }
+
+func TestCheckDestination(t *testing.T) {
+	leakcheck.Check(t)
+	errs := make(chan error, 1)
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		err := r.CheckDestination()
+		errs <- err
+		if err != nil {
+			r.Reject(http.StatusBadRequest)
+			return
+		}
+		hbonetest.Echo(r)
+	}))
+	for _, tc := range []struct {
+		authority string
+		ok        bool
+	}{
+		{"127.0.0.1:8080", true}, // the server listens on 127.0.0.1
+		{"10.0.0.9:8080", false},
+		{"echo.default.svc.cluster.local:80", true},
+	} {
+		c, err := p.Dialer.DialContext(ctxT(t), "tcp", tc.authority)
+		cerr := <-errs
+		if tc.ok {
+			require.NoError(t, err, tc.authority)
+			require.NoError(t, cerr)
+			c.Close()
+			continue
+		}
+		require.ErrorIs(t, cerr, hbone.ErrDestinationMismatch)
+		var ce *hbone.ConnectError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, http.StatusBadRequest, ce.StatusCode)
+	}
+}
