@@ -607,3 +607,39 @@ func TestWriteTo(t *testing.T) {
 	require.NoError(t, c.(*hbone.Conn).CloseWrite())
 	require.True(t, bytes.Equal(want, <-got))
 }
+
+// TestBidirectionalBulkSharedConn pushes data both ways on several
+// streams of one connection at once, so stream and connection windows and
+// socket buffers all fill up while goroutines hand frame reading around.
+func TestBidirectionalBulkSharedConn(t *testing.T) {
+	leakcheck.Check(t)
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
+	p.Dialer.MaxConnsPerKey = 1
+	const streams, size = 4, 12 << 20
+	var wg sync.WaitGroup
+	for range streams {
+		wg.Go(func() {
+			c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+			if !assert.NoError(t, err) {
+				return
+			}
+			defer c.Close()
+			want := randBytes(size)
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Write(want)
+				if err == nil {
+					err = c.(*hbone.Conn).CloseWrite()
+				}
+				errc <- err
+			}()
+			var got bytes.Buffer
+			_, err = c.(*hbone.Conn).WriteTo(&got)
+			assert.NoError(t, err)
+			assert.NoError(t, <-errc)
+			assert.True(t, bytes.Equal(want, got.Bytes()), "got %d bytes", got.Len())
+		})
+	}
+	wg.Wait()
+	require.Equal(t, 1, p.Dialer.Stats().Conns)
+}
