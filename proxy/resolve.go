@@ -109,6 +109,8 @@ func capacity(w *Workload) uint64 {
 //     the mesh);
 //   - a workload address goes to the workload's waypoint if it has one,
 //     otherwise straight to the workload (HBONE or plain);
+//   - a service in PASSTHROUGH balancing mode goes to the original
+//     destination as plain TCP;
 //   - anything else passes through as plain TCP.
 //
 // pick chooses among service endpoints; nil means [RandomHealthy].
@@ -120,6 +122,9 @@ func (s *State) Resolve(src *Workload, dst netip.AddrPort, pick Balancer) (Plan,
 	if svc, ok := s.ServiceByAddr(dst.Addr()); ok {
 		if svc.Waypoint != nil && !s.isWaypoint(src, svc.Waypoint) {
 			return s.viaWaypoint(svc.Waypoint, dst, svc, src)
+		}
+		if svc.LoadBalancing != nil && svc.LoadBalancing.Mode == LBPassthrough {
+			return Plan{Kind: Passthrough, NextHop: dst, Service: svc}, nil
 		}
 		if !hasPort(svc, dst.Port()) {
 			return Plan{}, fmt.Errorf("proxy: %s port %d: %w", svc.Key(), dst.Port(), ErrUnknownPort)

@@ -8,6 +8,8 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshblocks/meshblocks/authz"
 )
 
 // TunnelProtocol says how a workload receives mesh traffic.
@@ -116,6 +118,9 @@ type Service struct {
 	// endpoints, as SPIFFE IDs.
 	SubjectAltNames []string
 	Waypoint        *Gateway
+	// LoadBalancing selects ztunnel's balancing mode for the service's
+	// endpoints; nil means STANDARD with ONLY_HEALTHY.
+	LoadBalancing *LoadBalancing
 }
 
 // Key returns "namespace/hostname", the Service's resource name.
@@ -138,12 +143,36 @@ type State struct {
 	// endpoints per service key, in workload order.
 	endpoints map[string][]*Workload
 	ids       map[*Workload]spiffeid.ID
+	workloads []Workload
+	services  []Service
+	authz     *authz.Engine
 }
+
+// StateOption adds optional parts to a State built by [NewState].
+type StateOption func(*State)
+
+// WithAuthz makes the State carry the L4 authorization engine, so that
+// policies and workloads are swapped together. Without it every connection
+// is allowed (no policy exists).
+func WithAuthz(e *authz.Engine) StateOption { return func(s *State) { s.authz = e } }
+
+// Authz returns the State's authorization engine, or nil.
+func (s *State) Authz() *authz.Engine { return s.authz }
+
+// Workloads returns the workloads of the State in their original order. The
+// slice must not be modified.
+func (s *State) Workloads() []Workload { return s.workloads }
+
+// Services returns the services of the State in their original order. The
+// slice must not be modified.
+func (s *State) Services() []Service { return s.services }
 
 // NewState validates workloads and services and indexes them. Errors name
 // the object and field at fault; all of them are reported together.
-func NewState(workloads []Workload, services []Service) (*State, error) {
+func NewState(workloads []Workload, services []Service, opts ...StateOption) (*State, error) {
 	s := &State{
+		workloads: workloads,
+		services:  services,
 		byUID:     make(map[string]*Workload, len(workloads)),
 		byAddr:    make(map[netip.Addr]*Workload, len(workloads)),
 		svcByAddr: make(map[netip.Addr]*Service, len(services)),
@@ -218,6 +247,9 @@ func NewState(workloads []Workload, services []Service) (*State, error) {
 	}
 	if err := errs.ErrorOrNil(); err != nil {
 		return nil, err
+	}
+	for _, o := range opts {
+		o(s)
 	}
 	return s, nil
 }

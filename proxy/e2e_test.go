@@ -1,0 +1,294 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	xproxy "golang.org/x/net/proxy"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshblocks/meshblocks/hbone"
+	"github.com/meshblocks/meshblocks/internal/leakcheck"
+	"github.com/meshblocks/meshblocks/proxy"
+)
+
+func TestOutboundAllowedOverHBONE(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	tests := []struct {
+		name    string
+		dst     netip.AddrPort
+		service string
+	}{
+		{"pod IP", apOf(ipEcho, 8080), ""},
+		{"service VIP", apOf(vipEcho, 80), "echo.default.svc.cluster.local"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialFrom(t, ipSleep, m.outboundTo(tc.dst))
+			defer c.Close()
+			msg := strings.Repeat("hello mesh ", 1000)
+			got, err := roundTrip(c, msg)
+			require.NoError(t, err)
+			assert.Equal(t, msg, got)
+
+			// Both ztunnels log the connection in ztunnel's style.
+			out := m.logA.waitLines(t, "connection complete", 1)
+			l := out[len(out)-1]
+			assert.Equal(t, "outbound", l["direction"])
+			assert.Equal(t, "sleep", l["src.workload"])
+			assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", l["src.identity"])
+			assert.Equal(t, "127.77.0.3:15008", l["dst.addr"])
+			assert.Equal(t, "127.77.0.3:8080", l["dst.hbone_addr"])
+			assert.Equal(t, "echo", l["dst.workload"])
+			assert.Equal(t, "spiffe://cluster.local/ns/default/sa/echo", l["dst.identity"])
+			assert.EqualValues(t, len(msg), l["bytes_sent"])
+			assert.EqualValues(t, len(msg), l["bytes_recv"])
+			assert.Equal(t, "INFO", l["level"])
+			if tc.service != "" {
+				assert.Equal(t, tc.service, l["dst.service"])
+			}
+			in := m.logB.waitLines(t, "connection complete", 1)
+			l = in[len(in)-1]
+			assert.Equal(t, "inbound", l["direction"])
+			assert.Equal(t, "127.77.0.2", strings.Split(l["src.addr"].(string), ":")[0], "the client IP is kept")
+			assert.Equal(t, "sleep", l["src.workload"])
+			assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", l["src.identity"])
+			assert.Equal(t, "127.77.0.3:8080", l["dst.hbone_addr"])
+			assert.EqualValues(t, len(msg), l["bytes_sent"])
+		})
+	}
+	m.metrics.mu.Lock()
+	defer m.metrics.mu.Unlock()
+	assert.Equal(t, 2, m.metrics.opened)
+	assert.Equal(t, 2, m.metrics.closed)
+	assert.True(t, m.metrics.infos[0].MTLS)
+}
+
+func TestOutboundDeniedIsReset(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 9090), "")
+	c := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 9090)))
+	defer c.Close()
+	_, err := roundTrip(c, "ping")
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, syscall.ECONNRESET), "want a reset (curl exit 56), got %v", err)
+
+	rej := m.logB.waitLines(t, "RBAC rejected", 1)
+	assert.Equal(t, "127.77.0.2(spiffe://cluster.local/ns/default/sa/sleep)->127.77.0.3:9090", rej[0]["conn"])
+	in := m.logB.waitLines(t, "connection complete", 1)
+	assert.Equal(t, "ERROR", in[0]["level"])
+	assert.Contains(t, in[0]["error"], "policy rejection")
+	out := m.logA.waitLines(t, "connection complete", 1)
+	assert.Contains(t, out[0]["error"], "401")
+	m.metrics.mu.Lock()
+	assert.Equal(t, 0, m.metrics.opened, "a refused connection is not opened")
+	m.metrics.mu.Unlock()
+}
+
+func TestHalfCloseAndServerFirst(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8081), "220 ready\r\n")
+	c := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 8081)))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// The server speaks first: the banner arrives before the client sends.
+	banner := make([]byte, len("220 ready\r\n"))
+	_, err := io.ReadFull(c, banner)
+	require.NoError(t, err)
+	assert.Equal(t, "220 ready\r\n", string(banner))
+	// After the client's FIN the server still sends its reply.
+	got, err := roundTrip(c, "QUIT\r\n")
+	require.NoError(t, err)
+	assert.Equal(t, "QUIT\r\n", got)
+}
+
+func TestWaypointDetour(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	wp := startWaypoint(t, m)
+	c := dialFrom(t, ipSleep, m.outboundTo(apOf(vipEchoWP, 80)))
+	defer c.Close()
+	got, err := roundTrip(c, "via waypoint")
+	require.NoError(t, err)
+	assert.Equal(t, "via waypoint", got)
+	seen := wp.seen()
+	require.Len(t, seen, 1)
+	assert.Equal(t, "127.77.10.2:80", seen[0].authority, "the waypoint gets the service VIP as authority")
+	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", seen[0].peer)
+	out := m.logA.waitLines(t, "connection complete", 1)
+	assert.Equal(t, "127.77.0.4:15008", out[0]["dst.addr"])
+	assert.Equal(t, "waypoint", out[0]["dst.workload"])
+	in := m.logB.waitLines(t, "connection complete", 1)
+	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/waypoint", in[0]["src.identity"])
+}
+
+func TestInboundHBONEStatus(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	d := &hbone.Dialer{Source: m.ids.Source(m.ca.ID("ns/default/sa/sleep"))}
+	defer d.Close()
+	tests := []struct {
+		name      string
+		next      netip.AddrPort
+		authority string
+		expect    string
+		status    int
+	}{
+		{"allowed", apOf(ipEcho, 15008), "127.77.0.3:8080", "echo", http.StatusOK},
+		{"authority mismatch", apOf(ipEcho, 15008), "127.77.0.5:8080", "echo", http.StatusBadRequest},
+		{"not a local workload", apOf(ipGhost, 15008), "127.77.0.6:8080", "ghost", http.StatusServiceUnavailable},
+		{"upstream refused", apOf(ipEcho, 15008), "127.77.0.3:8081", "echo", http.StatusServiceUnavailable},
+		{"policy denied", apOf(ipEcho, 15008), "127.77.0.3:9090", "echo", http.StatusUnauthorized},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := d.Dial(ctx, hbone.Route{Address: tc.next.String(), Authority: tc.authority,
+				Expected: []spiffeid.ID{m.ca.ID("ns/default/sa/" + tc.expect)}})
+			if tc.status == http.StatusOK {
+				require.NoError(t, err)
+				c.Close()
+				return
+			}
+			var ce *hbone.ConnectError
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tc.status, ce.StatusCode)
+		})
+	}
+}
+
+func TestPlaintextToHBONEPortRejected(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	_ = m
+	c := dialFrom(t, ipSleep, apOf(ipEcho, 15008))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+	b, err := io.ReadAll(c)
+	if err == nil {
+		// The TLS server answers a plaintext request with at most an
+		// alert, never with application data.
+		assert.False(t, strings.Contains(string(b), "HTTP/"), "got %q", b)
+	}
+	in := m.logB.lines("connection complete")
+	assert.Empty(t, in, "nothing is proxied")
+}
+
+func TestInboundPlaintext(t *testing.T) {
+	leakcheck.Check(t)
+	tests := []struct {
+		name   string
+		strict bool
+		src    netip.Addr
+		ok     bool
+	}{
+		{"permissive, allowed by ipBlocks", false, ipOutside, true},
+		{"permissive, no principal is denied by policy", false, ipSleep, false},
+		{"strict rejects plaintext", true, ipOutside, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMesh(t, meshOptions{strict: tc.strict})
+			echoServer(t, apOf(ipEcho, 8080), "")
+			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(apOf(tc.src, 0))}
+			got := ""
+			c, err := d.Dial("tcp", m.plaintextTo(apOf(ipEcho, 8080)).String())
+			if err == nil { // the reset may already fail the connect
+				defer c.Close()
+				got, err = roundTrip(c.(*net.TCPConn), "plain")
+			}
+			if tc.ok {
+				require.NoError(t, err)
+				assert.Equal(t, "plain", got)
+				return
+			}
+			require.True(t, errors.Is(err, syscall.ECONNRESET), "want reset, got %v", err)
+			l := m.logB.waitLines(t, "connection complete", 1)
+			assert.Equal(t, "inbound", l[0]["direction"])
+			assert.NotEmpty(t, l[0]["error"])
+		})
+	}
+}
+
+func TestPassthroughOutsideMesh(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipOutside, 7070), "")
+	echoServer(t, apOf(ipLegacy, 7071), "")
+	for _, dst := range []netip.AddrPort{apOf(ipOutside, 7070), apOf(ipLegacy, 7071)} {
+		c := dialFrom(t, ipSleep, m.outboundTo(dst))
+		got, err := roundTrip(c, "plain tcp")
+		c.Close()
+		require.NoError(t, err)
+		assert.Equal(t, "plain tcp", got)
+	}
+	out := m.logA.waitLines(t, "connection complete", 2)
+	assert.Equal(t, "127.77.0.9:7070", out[0]["dst.addr"])
+	assert.Nil(t, out[0]["dst.identity"])
+	assert.Equal(t, "legacy", out[1]["dst.workload"])
+}
+
+func TestSOCKS5(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	ln := listen(t, apOf(netip.MustParseAddr("127.0.0.1"), 0))
+	m.serve(func() error { return m.a.ServeSOCKS5(ln, "c//Pod/default/sleep") })
+	d, err := xproxy.SOCKS5("tcp", ln.Addr().String(), nil, &net.Dialer{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+
+	c, err := d.Dial("tcp", "127.77.10.1:80")
+	require.NoError(t, err)
+	got, err := roundTrip(c.(*net.TCPConn), "over socks")
+	c.Close()
+	require.NoError(t, err)
+	assert.Equal(t, "over socks", got)
+
+	// A denied destination is refused in the SOCKS5 reply.
+	_, err = d.Dial("tcp", "127.77.0.3:9090")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not allowed")
+	out := m.logA.waitLines(t, "connection complete", 2)
+	assert.Equal(t, "sleep", out[0]["src.workload"])
+}
+
+func TestShutdownDrains(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	c := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 8080)))
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.WriteString(c, "x")
+	require.NoError(t, err)
+	one := make([]byte, 1)
+	_, err = io.ReadFull(c, one)
+	require.NoError(t, err)
+	// With a short deadline the open connection is closed, not waited for.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = m.a.Shutdown(ctx)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	_, err = c.Read(one)
+	require.Error(t, err)
+	_ = proxy.ErrProxyClosed
+}
