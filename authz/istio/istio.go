@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshblocks/meshblocks/authz"
 	authzcel "github.com/meshblocks/meshblocks/authz/cel"
+	"github.com/meshblocks/meshblocks/internal/yamldoc"
 )
 
 // DryRunAnnotation is Istio's dry-run annotation.
@@ -45,26 +46,7 @@ type object struct {
 }
 
 // SplitDocuments splits multi-document YAML at "---" separator lines.
-func SplitDocuments(data []byte) [][]byte {
-	var docs [][]byte
-	var cur bytes.Buffer
-	flush := func() {
-		if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-			docs = append(docs, bytes.Clone(cur.Bytes()))
-		}
-		cur.Reset()
-	}
-	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
-		t := bytes.TrimRight(line, " \t\r\n")
-		if bytes.Equal(t, []byte("---")) || bytes.HasPrefix(t, []byte("--- ")) {
-			flush()
-			continue
-		}
-		cur.Write(line)
-	}
-	flush()
-	return docs
-}
+func SplitDocuments(data []byte) [][]byte { return yamldoc.Split(data) }
 
 // Parse decodes multi-document YAML as kubectl would apply it and converts
 // every security.istio.io v1/v1beta1 AuthorizationPolicy. Documents of other
@@ -87,7 +69,7 @@ func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 		}
 		out = append(out, ps...)
 	}
-	out = lastWins(out)
+	out = lastWins(out, func(p *authz.Policy) [2]string { return [2]string{p.Namespace, p.Name} })
 	if errs == nil {
 		return out, nil
 	}
@@ -95,20 +77,20 @@ func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 	return out, errs
 }
 
-// lastWins keeps, for every namespace/name, only the last policy, as
+// lastWins keeps, for every namespace/name, only the last item, as
 // applying the documents one after another with kubectl would.
-func lastWins(ps []authz.Policy) []authz.Policy {
+func lastWins[T any](items []T, key func(*T) [2]string) []T {
 	last := map[[2]string]int{}
-	for i, p := range ps {
-		last[[2]string{p.Namespace, p.Name}] = i
+	for i := range items {
+		last[key(&items[i])] = i
 	}
-	if len(last) == len(ps) {
-		return ps
+	if len(last) == len(items) {
+		return items
 	}
-	out := ps[:0:0]
-	for i, p := range ps {
-		if last[[2]string{p.Namespace, p.Name}] == i {
-			out = append(out, p)
+	out := items[:0:0]
+	for i := range items {
+		if last[key(&items[i])] == i {
+			out = append(out, items[i])
 		}
 	}
 	return out

@@ -54,29 +54,12 @@ func ParsePeerAuthentications(data []byte, opts Options) ([]authz.PeerAuthentica
 			errs = multierror.Append(errs, err)
 		}
 	}
-	out = lastWinsPA(out)
+	out = lastWins(out, func(p *authz.PeerAuthentication) [2]string { return [2]string{p.Namespace, p.Name} })
 	if errs == nil {
 		return out, nil
 	}
 	errs.ErrorFormat = authz.ListFormat
 	return out, errs
-}
-
-func lastWinsPA(ps []authz.PeerAuthentication) []authz.PeerAuthentication {
-	last := map[[2]string]int{}
-	for i, p := range ps {
-		last[[2]string{p.Namespace, p.Name}] = i
-	}
-	if len(last) == len(ps) {
-		return ps
-	}
-	out := ps[:0:0]
-	for i, p := range ps {
-		if last[[2]string{p.Namespace, p.Name}] == i {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func parsePAJSON(js []byte, opts *Options, out *[]authz.PeerAuthentication) error {

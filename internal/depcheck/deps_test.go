@@ -26,6 +26,7 @@ var rules = map[string][]string{
 	"internal/depcheck":  nil,
 	"internal/leakcheck": nil,
 	"internal/netutil":   nil,
+	"internal/yamldoc":   nil,
 	"internal/istiopb/...": {
 		"google.golang.org/protobuf/...", "google.golang.org/grpc/...",
 	},
@@ -61,7 +62,7 @@ var rules = map[string][]string{
 	},
 	"authz/cel": {"authz", "cel.dev/cel-go/...", "github.com/hashicorp/go-multierror"},
 	"authz/istio": {
-		"authz", "authz/cel", "identity", "internal/istiopb/...",
+		"authz", "authz/cel", "identity", "internal/istiopb/...", "internal/yamldoc",
 		"istio.io/api/...", "sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
 		"google.golang.org/protobuf/...",
 	},
@@ -72,10 +73,10 @@ var rules = map[string][]string{
 
 	"route": {"github.com/hashicorp/go-multierror"},
 	"route/istio": {
-		"route", "istio.io/api/...", "sigs.k8s.io/yaml",
+		"route", "internal/yamldoc", "istio.io/api/...", "sigs.k8s.io/yaml",
 		"github.com/hashicorp/go-multierror", "google.golang.org/protobuf/...",
 	},
-	"route/gatewayapi": {"route", "sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror"},
+	"route/gatewayapi": {"route", "internal/yamldoc", "sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror"},
 	"route/routetest": {
 		"route", "route/istio", "route/gatewayapi",
 		"sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
@@ -93,6 +94,7 @@ var rules = map[string][]string{
 	"proxy": {
 		"identity", "hbone", "authz", "route", "internal/netutil",
 		"github.com/spiffe/go-spiffe/v2/spiffeid", "github.com/hashicorp/go-multierror",
+		"sigs.k8s.io/yaml",
 	},
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-multierror"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshblocks/meshblocks/internal/yamldoc"
 	"github.com/meshblocks/meshblocks/route"
 )
 
@@ -36,7 +37,7 @@ type Objects struct {
 func Decode(data []byte) (Objects, error) {
 	var objs Objects
 	var errs *multierror.Error
-	for i, doc := range splitYAML(data) {
+	for i, doc := range yamldoc.Split(data) {
 		js, err := yaml.YAMLToJSON(doc)
 		if err != nil {
 			errs = multierror.Append(errs, fmt.Errorf("route/gatewayapi: document %d: %w", i, err))
@@ -50,25 +51,6 @@ func Decode(data []byte) (Objects, error) {
 		}
 	}
 	return objs, errs.ErrorOrNil()
-}
-
-func splitYAML(data []byte) [][]byte {
-	var docs [][]byte
-	var cur bytes.Buffer
-	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
-		if t := bytes.TrimRight(line, " \t\r\n"); bytes.Equal(t, []byte("---")) {
-			if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-				docs = append(docs, slices.Clone(cur.Bytes()))
-			}
-			cur.Reset()
-			continue
-		}
-		cur.Write(line)
-	}
-	if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-		docs = append(docs, slices.Clone(cur.Bytes()))
-	}
-	return docs
 }
 
 // AddJSON decodes one object in JSON form and appends it. Unknown fields are

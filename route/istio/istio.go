@@ -1,7 +1,6 @@
 package istio
 
 import (
-	"bytes"
 	"cmp"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"istio.io/api/networking/v1alpha3"
 	"sigs.k8s.io/yaml"
 
+	"github.com/meshblocks/meshblocks/internal/yamldoc"
 	"github.com/meshblocks/meshblocks/route"
 )
 
@@ -76,24 +76,7 @@ func Decode(data []byte) ([]Object, error) {
 }
 
 // SplitYAML splits a multi-document YAML stream at "---" lines.
-func SplitYAML(data []byte) [][]byte {
-	var docs [][]byte
-	var cur bytes.Buffer
-	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
-		if t := bytes.TrimRight(line, " \t\r\n"); bytes.Equal(t, []byte("---")) || bytes.HasPrefix(t, []byte("--- ")) {
-			if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-				docs = append(docs, slices.Clone(cur.Bytes()))
-			}
-			cur.Reset()
-			continue
-		}
-		cur.Write(line)
-	}
-	if len(bytes.TrimSpace(cur.Bytes())) > 0 {
-		docs = append(docs, slices.Clone(cur.Bytes()))
-	}
-	return docs
-}
+func SplitYAML(data []byte) [][]byte { return yamldoc.Split(data) }
 
 // DecodeJSON decodes one object in JSON form.
 func DecodeJSON(js []byte) (Object, error) {
