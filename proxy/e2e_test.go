@@ -292,3 +292,20 @@ func TestShutdownDrains(t *testing.T) {
 	require.Error(t, err)
 	_ = proxy.ErrProxyClosed
 }
+
+func TestConfigDump(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := m.a.ConfigDump(ctx)
+	assert.Len(t, d.Workloads, 5)
+	assert.Len(t, d.Services, 2)
+	require.Len(t, d.Policies, 1)
+	assert.Equal(t, "echo-allow", d.Policies[0].Name)
+	require.Len(t, d.Certificates, 1, "only node n1's workloads")
+	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", d.Certificates[0].Identity)
+	assert.Equal(t, "Available", d.Certificates[0].State)
+	assert.True(t, d.Certificates[0].NotAfter.After(time.Now()))
+	assert.Equal(t, []string{"c//Pod/default/echo"}, d.Services[0].Endpoints)
+}
