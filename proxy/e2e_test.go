@@ -196,18 +196,19 @@ func TestPlaintextToHBONEPortRejected(t *testing.T) {
 func TestInboundPlaintext(t *testing.T) {
 	leakcheck.Check(t)
 	tests := []struct {
-		name   string
-		strict bool
-		src    netip.Addr
-		ok     bool
+		name string
+		opt  meshOptions
+		src  netip.Addr
+		ok   bool
 	}{
-		{"permissive, allowed by ipBlocks", false, ipOutside, true},
-		{"permissive, no principal is denied by policy", false, ipSleep, false},
-		{"strict rejects plaintext", true, ipOutside, false},
+		{"permissive, allowed by ipBlocks", meshOptions{}, ipOutside, true},
+		{"permissive, no principal is denied by policy", meshOptions{}, ipSleep, false},
+		{"PeerAuthentication STRICT rejects plaintext", meshOptions{strict: true}, ipOutside, false},
+		{"PlaintextAllowed hook rejects plaintext", meshOptions{strictHook: true}, ipOutside, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			m := newMesh(t, meshOptions{strict: tc.strict})
+			m := newMesh(t, tc.opt)
 			echoServer(t, apOf(ipEcho, 8080), "")
 			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(apOf(tc.src, 0))}
 			got := ""
@@ -224,7 +225,11 @@ func TestInboundPlaintext(t *testing.T) {
 			require.True(t, errors.Is(err, syscall.ECONNRESET), "want reset, got %v", err)
 			l := m.logB.waitLines(t, "connection complete", 1)
 			assert.Equal(t, "inbound", l[0]["direction"])
-			assert.NotEmpty(t, l[0]["error"])
+			if tc.opt.strict || tc.opt.strictHook {
+				assert.Contains(t, l[0]["error"], "plaintext rejected by peer authentication")
+			} else {
+				assert.Contains(t, l[0]["error"], "policy rejection")
+			}
 		})
 	}
 }

@@ -153,7 +153,8 @@ func (h *hookCounter) hooks() proxy.Hooks {
 }
 
 type meshOptions struct {
-	strict      bool // PeerAuthentication STRICT on node B
+	strict      bool // PeerAuthentication STRICT for echo (testdata) in the State
+	strictHook  bool // Config.PlaintextAllowed refuses everything on node B
 	idleTimeout time.Duration
 	quietLogs   bool
 }
@@ -174,7 +175,17 @@ func newMesh(t *testing.T, opt meshOptions) *mesh {
 	require.NoError(t, err)
 	engine, err := authz.New(authz.Config{}, pols)
 	require.NoError(t, err)
-	st, err := proxy.NewState(meshWorkloads(), meshServices(), proxy.WithAuthz(engine))
+	opts := []proxy.StateOption{proxy.WithAuthz(engine)}
+	if opt.strict {
+		data, err := os.ReadFile("testdata/peerauthn-strict.yaml")
+		require.NoError(t, err)
+		pas, err := authzistio.ParsePeerAuthentications(data, authzistio.Options{})
+		require.NoError(t, err)
+		pa, err := authz.NewPeerAuthn(authz.PeerAuthnConfig{}, pas)
+		require.NoError(t, err)
+		opts = append(opts, proxy.WithPeerAuthn(pa))
+	}
+	st, err := proxy.NewState(meshWorkloads(), meshServices(), opts...)
 	require.NoError(t, err)
 	m := &mesh{t: t, ca: ca, ids: ids, logA: &logBuffer{}, logB: &logBuffer{},
 		state: &proxy.StateHolder{}, origDst: map[netip.AddrPort]netip.AddrPort{}, metrics: &hookCounter{}}
@@ -191,7 +202,7 @@ func newMesh(t *testing.T, opt meshOptions) *mesh {
 			Logger:       slog.New(slog.NewJSONHandler(lb, nil)),
 			Hooks:        hooks,
 		}
-		if node == "n2" && opt.strict {
+		if node == "n2" && opt.strictHook {
 			cfg.PlaintextAllowed = func(*proxy.Workload, uint16) bool { return false }
 		}
 		if opt.quietLogs {

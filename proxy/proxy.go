@@ -72,6 +72,7 @@ type Config struct {
 	BindSourceIP bool
 	// PlaintextAllowed is PeerAuthentication for the inbound plaintext
 	// listener: it reports whether dst accepts plaintext on port. If nil,
+	// the State's PeerAuthn decides (see WithPeerAuthn); without one,
 	// PERMISSIVE (plaintext is allowed).
 	PlaintextAllowed func(dst *Workload, port uint16) bool
 	// ConnectTimeout bounds connecting upstream (HBONE or TCP). If zero,
@@ -617,7 +618,7 @@ func (p *Proxy) inboundPlaintext(c net.Conn) {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownDestination, target.Addr())
 		}
 		info.DstWorkload, info.DstIdentity = dst, st.IdentityOf(dst)
-		if p.cfg.PlaintextAllowed != nil && !p.cfg.PlaintextAllowed(dst, target.Port()) {
+		if !p.plaintextAllowed(st, dst, target.Port()) {
 			return nil, ErrPlaintextRejected
 		}
 		if err := p.authorize(st, dst, info, "", target); err != nil {
@@ -634,6 +635,18 @@ func (p *Proxy) inboundPlaintext(c net.Conn) {
 	p.opened(info)
 	info.Received, info.Sent, info.Err = p.relay(up, c)
 	p.complete(info)
+}
+
+// plaintextAllowed applies PeerAuthentication: Config.PlaintextAllowed if
+// set, else the State's PeerAuthn, else PERMISSIVE.
+func (p *Proxy) plaintextAllowed(st *State, dst *Workload, port uint16) bool {
+	if p.cfg.PlaintextAllowed != nil {
+		return p.cfg.PlaintextAllowed(dst, port)
+	}
+	if pa := st.PeerAuthn(); pa != nil {
+		return pa.Mode(&authz.Workload{Namespace: dst.Namespace, Labels: dst.Labels}, port).AllowsPlaintext()
+	}
+	return true
 }
 
 func (p *Proxy) opened(info *ConnInfo) {

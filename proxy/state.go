@@ -146,6 +146,7 @@ type State struct {
 	workloads []Workload
 	services  []Service
 	authz     *authz.Engine
+	peerAuthn *authz.PeerAuthn
 }
 
 // StateOption adds optional parts to a State built by [NewState].
@@ -155,6 +156,15 @@ type StateOption func(*State)
 // policies and workloads are swapped together. Without it every connection
 // is allowed (no policy exists).
 func WithAuthz(e *authz.Engine) StateOption { return func(s *State) { s.authz = e } }
+
+// WithPeerAuthn makes the State carry PeerAuthentication: the inbound
+// plaintext path refuses plaintext where the effective mode is STRICT.
+// Without it (and without Config.PlaintextAllowed) plaintext is allowed
+// (PERMISSIVE).
+func WithPeerAuthn(pa *authz.PeerAuthn) StateOption { return func(s *State) { s.peerAuthn = pa } }
+
+// PeerAuthn returns the State's PeerAuthentication evaluator, or nil.
+func (s *State) PeerAuthn() *authz.PeerAuthn { return s.peerAuthn }
 
 // Authz returns the State's authorization engine, or nil.
 func (s *State) Authz() *authz.Engine { return s.authz }
