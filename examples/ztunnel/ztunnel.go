@@ -1,0 +1,335 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/meshblocks/meshblocks/authz"
+	authzistio "github.com/meshblocks/meshblocks/authz/istio"
+	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/inpod"
+	"github.com/meshblocks/meshblocks/proxy"
+)
+
+// Config is everything Run needs. Empty listener addresses disable that
+// listener (except the data paths, which are required).
+type Config struct {
+	LocalConfig string // ztunnel local config file; required
+	PolicyDir   string // Istio YAML directory; optional
+	CADir       string // CA directory; empty = in-memory CA
+	TrustDomain string // if empty, cluster.local
+	Node        string
+
+	Outbound, InboundHBONE, InboundPlaintext, SOCKS5 string
+	SOCKS5Source                                     string
+	Admin, Metrics, Readiness                        string
+
+	Redirected   bool // use SO_ORIGINAL_DST (iptables redirection)
+	BindSourceIP bool
+
+	LogLevel slog.Level
+	Logger   *slog.Logger // if nil, discard
+}
+
+func withIP(addr, ip string) string {
+	if addr == "" {
+		return ""
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return net.JoinHostPort(ip, port)
+}
+
+// loadState builds the proxy state from the local config file and the
+// policy directory.
+func loadState(cfg *Config) (*proxy.State, error) {
+	data, err := os.ReadFile(cfg.LocalConfig)
+	if err != nil {
+		return nil, err
+	}
+	lc, err := proxy.ParseLocalConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.LocalConfig, err)
+	}
+	var pols []authz.Policy
+	var pas []authz.PeerAuthentication
+	if cfg.PolicyDir != "" {
+		files, err := filepath.Glob(filepath.Join(cfg.PolicyDir, "*.yaml"))
+		if err != nil {
+			return nil, err
+		}
+		more, _ := filepath.Glob(filepath.Join(cfg.PolicyDir, "*.yml"))
+		files = append(files, more...)
+		sort.Strings(files)
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return nil, err
+			}
+			// Both parsers skip the other kinds; any error is fatal
+			// (fail closed rather than run without a policy).
+			p, err := authzistio.Parse(b, authzistio.Options{})
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+			pa, err := authzistio.ParsePeerAuthentications(b, authzistio.Options{})
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", f, err)
+			}
+			pols, pas = append(pols, p...), append(pas, pa...)
+		}
+	}
+	engine, err := authz.New(authz.Config{}, pols)
+	if err != nil {
+		return nil, err
+	}
+	peerAuthn, err := authz.NewPeerAuthn(authz.PeerAuthnConfig{}, pas)
+	if err != nil {
+		return nil, err
+	}
+	return proxy.NewState(lc.Workloads, lc.Services, proxy.WithAuthz(engine), proxy.WithPeerAuthn(peerAuthn))
+}
+
+func loadCA(cfg *Config) (*identity.CA, error) {
+	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
+	if err != nil {
+		return nil, fmt.Errorf("trust domain: %w", err)
+	}
+	caCfg := identity.CAConfig{TrustDomain: td}
+	if cfg.CADir == "" {
+		return identity.NewCA(caCfg)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.CADir, identity.CACertFileName)); err == nil {
+		return identity.LoadCADir(caCfg, cfg.CADir)
+	}
+	ca, err := identity.NewCA(caCfg)
+	if err != nil {
+		return nil, err
+	}
+	// Write the new CA beside the target and rename it into place, so
+	// that ztunnels started together agree on one CA: the loser of the
+	// rename loads the winner's.
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(cfg.CADir)), 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(cfg.CADir)), ".ca-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	if err := ca.WriteDir(tmp); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, cfg.CADir); err != nil {
+		return identity.LoadCADir(caCfg, cfg.CADir)
+	}
+	return ca, nil
+}
+
+// Run runs the ztunnel until ctx is done, then drains for up to 5 s.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.LocalConfig == "" {
+		return errors.New("config: a local config file is required")
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = "cluster.local"
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	st, err := loadState(&cfg)
+	if err != nil {
+		return err
+	}
+	holder := &proxy.StateHolder{}
+	holder.Store(st)
+	ca, err := loadCA(&cfg)
+	if err != nil {
+		return fmt.Errorf("ca: %w", err)
+	}
+	ids, err := identity.NewManager(identity.ManagerConfig{Fetcher: ca, Logger: log})
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	pcfg := proxy.Config{
+		State:        holder,
+		Identity:     func(id spiffeid.ID) identity.Source { return ids.Source(id) },
+		Node:         cfg.Node,
+		BindSourceIP: cfg.BindSourceIP,
+		Logger:       log.With("scope", "access"),
+		Hooks:        m.hooks(),
+	}
+	if cfg.Redirected {
+		pcfg.OriginalDst = inpod.OriginalDst
+	}
+	px, err := proxy.New(pcfg)
+	if err != nil {
+		return err
+	}
+	// Certificates of this node's workloads are fetched up front.
+	for _, w := range st.Workloads() {
+		if cfg.Node == "" || w.Node == cfg.Node {
+			if id, err := w.Identity(); err == nil {
+				ids.Add(id)
+			}
+		}
+	}
+
+	listen := func(addr string) (net.Listener, error) {
+		if addr == "" {
+			return nil, nil
+		}
+		return net.Listen("tcp", addr)
+	}
+	type lnSpec struct {
+		name, addr string
+		serve      func(net.Listener) error
+	}
+	specs := []lnSpec{
+		{"outbound", cfg.Outbound, func(l net.Listener) error { return px.ServeOutbound(l, "") }},
+		{"inbound", cfg.InboundHBONE, px.ServeInboundHBONE},
+		{"inbound-plaintext", cfg.InboundPlaintext, px.ServeInboundPlaintext},
+		{"socks5", cfg.SOCKS5, func(l net.Listener) error { return px.ServeSOCKS5(l, cfg.SOCKS5Source) }},
+	}
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}
+	var dataLns []net.Listener
+	for _, s := range specs {
+		l, err := listen(s.addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("%s listener: %w", s.name, err)
+		}
+		dataLns = append(dataLns, l)
+		if l != nil {
+			lns = append(lns, l)
+		}
+	}
+
+	var ready atomic.Bool
+	mux := func(routes map[string]http.Handler) http.Handler {
+		mx := http.NewServeMux()
+		for p, h := range routes {
+			mx.Handle(p, h)
+		}
+		return mx
+	}
+	prom := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	servers := []struct {
+		name, addr string
+		h          http.Handler
+	}{
+		{"metrics", cfg.Metrics, mux(map[string]http.Handler{"/metrics": prom, "/stats/prometheus": prom})},
+		{"readiness", cfg.Readiness, mux(map[string]http.Handler{"/healthz/ready": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if !ready.Load() {
+				http.Error(w, "not ready", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})})},
+		{"admin", cfg.Admin, mux(map[string]http.Handler{"/config_dump": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+			defer cancel()
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			enc.Encode(px.ConfigDump(ctx))
+		})})},
+	}
+	var https []*http.Server
+	var httpLns []net.Listener
+	for _, s := range servers {
+		l, err := listen(s.addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("%s listener: %w", s.name, err)
+		}
+		if l == nil {
+			continue
+		}
+		lns = append(lns, l)
+		https = append(https, &http.Server{Handler: s.h, ReadHeaderTimeout: 10 * time.Second})
+		httpLns = append(httpLns, l)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	idsCtx, stopIDs := context.WithCancel(context.Background())
+	defer stopIDs()
+	idsDone := make(chan struct{})
+	go func() { ids.Run(idsCtx); close(idsDone) }()
+	defer func() { stopIDs(); <-idsDone }()
+	for i, s := range specs {
+		if l := dataLns[i]; l != nil {
+			g.Go(func() error {
+				err := s.serve(l)
+				if errors.Is(err, proxy.ErrProxyClosed) {
+					return nil
+				}
+				return fmt.Errorf("%s: %w", s.name, err)
+			})
+		}
+	}
+	for i, srv := range https {
+		g.Go(func() error {
+			if err := srv.Serve(httpLns[i]); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		wctx, cancel := context.WithTimeout(gctx, 30*time.Second)
+		defer cancel()
+		if err := ids.WaitReady(wctx); err != nil {
+			if gctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("certificates: %w", err)
+		}
+		ready.Store(true)
+		log.Info("ready", "workloads", len(st.Workloads()), "services", len(st.Services()),
+			"outbound", cfg.Outbound, "inbound", cfg.InboundHBONE)
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		ready.Store(false)
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		px.Shutdown(sctx)
+		for _, srv := range https {
+			srv.Shutdown(sctx)
+		}
+		return nil
+	})
+	err = g.Wait()
+	if err != nil && !strings.Contains(err.Error(), "context canceled") {
+		return err
+	}
+	return nil
+}

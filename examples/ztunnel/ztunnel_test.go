@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	xproxy "golang.org/x/net/proxy"
+
+	"github.com/meshblocks/meshblocks/internal/leakcheck"
+)
+
+const meshYAML = `
+workloads:
+- uid: c//Pod/default/sleep
+  name: sleep
+  namespace: default
+  serviceAccount: sleep
+  workloadIps: ["127.78.0.2"]
+  protocol: HBONE
+  node: n1
+- uid: c//Pod/default/echo
+  name: echo
+  namespace: default
+  serviceAccount: echo
+  workloadIps: ["127.78.0.3"]
+  protocol: HBONE
+  node: n2
+  labels: {app: echo}
+  services:
+    "default/echo.default.svc.cluster.local":
+      80: 8080
+services:
+- name: echo
+  namespace: default
+  hostname: echo.default.svc.cluster.local
+  vips: ["/127.78.10.1"]
+  ports:
+    80: 8080
+`
+
+const policyYAML = `
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: echo
+  namespace: default
+spec:
+  selector:
+    matchLabels: {app: echo}
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/default/sa/sleep"]
+    to:
+    - operation:
+        ports: ["8080"]
+`
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func writeFiles(t testing.TB) (cfgPath, polDir, caDir string) {
+	dir := t.TempDir()
+	cfgPath = filepath.Join(dir, "mesh.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte(meshYAML), 0o600))
+	polDir = filepath.Join(dir, "policies")
+	require.NoError(t, os.Mkdir(polDir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(polDir, "echo.yaml"), []byte(policyYAML), 0o600))
+	return cfgPath, polDir, filepath.Join(dir, "ca")
+}
+
+func startZtunnel(t *testing.T, ctx context.Context, args []string, logs io.Writer) chan int {
+	done := make(chan int, 1)
+	go func() {
+		cfg, err := parseFlags(args, io.Discard)
+		if err != nil {
+			done <- 2
+			return
+		}
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+		if err := Run(ctx, cfg); err != nil {
+			t.Errorf("Run: %v", err)
+			done <- 1
+			return
+		}
+		done <- 0
+	}()
+	return done
+}
+
+func waitReady(t testing.TB, url string) {
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s never became ready", url)
+}
+
+func get(t *testing.T, url string) string {
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", url, b)
+	return string(b)
+}
+
+func TestTwoZtunnelsOnLoopback(t *testing.T) {
+	leakcheck.Check(t)
+	defer http.DefaultClient.CloseIdleConnections()
+	cfgPath, polDir, caDir := writeFiles(t)
+	// The app behind ztunnel n2.
+	ln, err := net.Listen("tcp", "127.78.0.3:8080")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			io.Copy(c, c)
+			c.Close()
+		}
+	}()
+	defer func() { ln.Close(); wg.Wait() }()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs1, logs2 syncBuf
+	common := []string{"-config", cfgPath, "-policies", polDir, "-ca-dir", caDir}
+	d1 := startZtunnel(t, ctx, append([]string{"-node", "n1", "-ip", "127.78.0.2", "-socks5-source", "c//Pod/default/sleep"}, common...), &logs1)
+	d2 := startZtunnel(t, ctx, append([]string{"-node", "n2", "-ip", "127.78.0.3"}, common...), &logs2)
+	defer func() {
+		cancel()
+		assert.Equal(t, 0, <-d1)
+		assert.Equal(t, 0, <-d2)
+	}()
+	waitReady(t, "http://127.78.0.2:15021/healthz/ready")
+	waitReady(t, "http://127.78.0.3:15021/healthz/ready")
+
+	// The non-root path: SOCKS5 to the service VIP.
+	d, err := xproxy.SOCKS5("tcp", "127.78.0.2:15080", nil, &net.Dialer{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	c, err := d.Dial("tcp", "127.78.10.1:80")
+	require.NoError(t, err)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "hello")
+	require.NoError(t, err)
+	c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	require.NoError(t, err)
+	assert.Equal(t, "hello", string(b))
+	c.Close()
+
+	// Denied port: refused.
+	_, err = d.Dial("tcp", "127.78.0.3:9090")
+	require.Error(t, err)
+
+	var m1, m2 string
+	require.Eventually(t, func() bool {
+		m1 = get(t, "http://127.78.0.2:15020/metrics")
+		m2 = get(t, "http://127.78.0.3:15020/stats/prometheus")
+		return strings.Contains(m1, "istio_tcp_connections_closed_total") && strings.Contains(m2, "istio_tcp_connections_closed_total")
+	}, 5*time.Second, 20*time.Millisecond)
+	assert.Contains(t, m1, `istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/default/sa/echo",destination_service="echo.default.svc.cluster.local",destination_workload="echo",destination_workload_namespace="default",reporter="source",request_protocol="tcp",source_principal="spiffe://cluster.local/ns/default/sa/sleep",source_workload="sleep",source_workload_namespace="default"} 1`)
+	assert.Contains(t, m1, `istio_tcp_received_bytes_total{`)
+	assert.Contains(t, m2, `reporter="destination"`)
+	assert.Contains(t, logs2.String(), "RBAC rejected")
+	assert.Contains(t, logs1.String(), "connection complete")
+
+	var dump struct {
+		Workloads    []map[string]any
+		Services     []map[string]any
+		Policies     []map[string]any
+		Certificates []map[string]any
+	}
+	require.NoError(t, json.Unmarshal([]byte(get(t, "http://127.78.0.2:15000/config_dump")), &dump))
+	assert.Len(t, dump.Workloads, 2)
+	assert.Len(t, dump.Policies, 1)
+	require.Len(t, dump.Certificates, 1)
+	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", dump.Certificates[0]["identity"])
+}
+
+func TestBadConfig(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("workloads: [{name: a, namespace: d, workloadIps: [nope]}]"), 0o600))
+	var stderr bytes.Buffer
+	code := run(context.Background(), []string{"-config", p, "-ip", "127.78.0.9"}, &stderr)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr.String(), "workloads[0].workloadIps[0]")
+	assert.Equal(t, 2, run(context.Background(), []string{"-nope"}, io.Discard))
+	_ = fmt.Sprint
+}
