@@ -118,7 +118,7 @@ func meshServices() []proxy.Service {
 // mesh is two node proxies on loopback (ztunnel "A" on node n1 for sleep,
 // "B" on node n2 for echo) sharing a CA, plus the app servers.
 type mesh struct {
-	t       *testing.T
+	t       testing.TB
 	ca      *identitytest.CA
 	ids     *identity.Manager
 	a, b    *proxy.Proxy
@@ -159,7 +159,7 @@ type meshOptions struct {
 	quietLogs   bool
 }
 
-func newMesh(t *testing.T, opt meshOptions) *mesh {
+func newMesh(t testing.TB, opt meshOptions) *mesh {
 	t.Helper()
 	ca := identitytest.NewCA(t, "cluster.local")
 	ids, err := identity.NewManager(identity.ManagerConfig{Fetcher: ca.Local()})
@@ -359,7 +359,7 @@ func (w *waypoint) seen() []wpSeen {
 	return append([]wpSeen(nil), w.reqs...)
 }
 
-func startWaypoint(t *testing.T, m *mesh) *waypoint {
+func startWaypoint(t testing.TB, m *mesh) *waypoint {
 	t.Helper()
 	wp := &waypoint{}
 	src := m.ids.Source(m.ca.ID("ns/default/sa/waypoint"))
