@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -162,6 +163,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	holder := &proxy.StateHolder{}
 	holder.Store(st)
+	// Parsing leaves garbage several times the size of the state; give
+	// it back to the OS once instead of carrying it as RSS.
+	debug.FreeOSMemory()
 	ca, err := loadCA(&cfg)
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
