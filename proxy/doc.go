@@ -4,6 +4,40 @@
 // listener (:15080) so that applications can use the mesh without root or
 // traffic redirection.
 //
+// The state the data path reads is a [State]: workloads (by address and
+// uid, with identity, node, waypoint and service ports), services (by VIP
+// and name, with endpoints and ztunnel's balancing mode), the L4
+// authorization engine and PeerAuthentication. It is immutable and
+// published through a [StateHolder], so updates swap it atomically and the
+// data path never waits for the control plane. [ParseLocalConfig] reads
+// ztunnel's LOCAL_XDS_PATH file format; xds fills it in a cluster.
+//
+// A [Proxy] serves listeners:
+//
+//   - ServeOutbound recovers the original destination, resolves it
+//     ([State.Resolve]: waypoint, direct HBONE or passthrough; services are
+//     balanced by [ZtunnelBalancer], route's STANDARD/STRICT/FAILOVER
+//     modes) and opens HBONE to the next hop's port 15008 with the source
+//     workload's certificate, expecting the destination's identity;
+//   - ServeInboundHBONE presents the dialled workload's certificate, checks
+//     the :authority (400), that the workload is on this node (503), the
+//     L4 policy with the peer's identity and address (401, logged as
+//     "RBAC rejected conn=ip(identity)->ip:port"), connects to the workload
+//     and only then answers 200;
+//   - ServeInboundPlaintext applies PeerAuthentication (STRICT refuses)
+//     and the policy with no principal;
+//   - ServeSOCKS5 is the outbound path for applications that name their
+//     destination themselves.
+//
+// Refused connections are reset (SO_LINGER 0), so clients see "connection
+// reset by peer" as with ztunnel. Bytes are relayed with per-direction
+// half-close, pooled buffers, splice(2) between plain sockets, optional idle
+// timeouts and TCP keepalive; Shutdown drains. Every connection ends with an
+// access-log line ("connection complete" with src.addr, src.workload,
+// src.identity, dst.addr, dst.hbone_addr, dst.service, dst.workload,
+// dst.identity, direction, bytes_sent, bytes_recv, duration, error) and
+// [Hooks] for metrics.
+//
 // The package composes identity, hbone, authz and route; it never imports
 // inpod or xds. Network-namespace specifics reach it as plain functions (a
 // listener, a dial function, an original-destination lookup) so that the
