@@ -2,13 +2,11 @@ package proxy_test
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,7 +33,7 @@ func TestOutboundAllowedOverHBONE(t *testing.T) {
 		{"pod IP", apOf(ipEcho, 8080), ""},
 		{"service VIP", apOf(vipEcho, 80), "echo.default.svc.cluster.local"},
 	}
-	for _, tc := range tests {
+	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := dialFrom(t, ipSleep, m.outboundTo(tc.dst))
 			defer c.Close()
@@ -45,8 +43,8 @@ func TestOutboundAllowedOverHBONE(t *testing.T) {
 			assert.Equal(t, msg, got)
 
 			// Both ztunnels log the connection in ztunnel's style.
-			out := m.logA.waitLines(t, "connection complete", 1)
-			l := out[len(out)-1]
+			out := m.logA.waitLines(t, "connection complete", i+1)
+			l := out[i]
 			assert.Equal(t, "outbound", l["direction"])
 			assert.Equal(t, "sleep", l["src.workload"])
 			assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", l["src.identity"])
@@ -60,8 +58,8 @@ func TestOutboundAllowedOverHBONE(t *testing.T) {
 			if tc.service != "" {
 				assert.Equal(t, tc.service, l["dst.service"])
 			}
-			in := m.logB.waitLines(t, "connection complete", 1)
-			l = in[len(in)-1]
+			in := m.logB.waitLines(t, "connection complete", i+1)
+			l = in[i]
 			assert.Equal(t, "inbound", l["direction"])
 			assert.Equal(t, "127.77.0.2", strings.Split(l["src.addr"].(string), ":")[0], "the client IP is kept")
 			assert.Equal(t, "sleep", l["src.workload"])
@@ -85,7 +83,7 @@ func TestOutboundDeniedIsReset(t *testing.T) {
 	defer c.Close()
 	_, err := roundTrip(c, "ping")
 	require.Error(t, err)
-	assert.True(t, errors.Is(err, syscall.ECONNRESET), "want a reset (curl exit 56), got %v", err)
+	assert.True(t, isReset(err), "want a reset (curl exit 56), got %v", err)
 
 	rej := m.logB.waitLines(t, "RBAC rejected", 1)
 	assert.Equal(t, "127.77.0.2(spiffe://cluster.local/ns/default/sa/sleep)->127.77.0.3:9090", rej[0]["conn"])
@@ -222,7 +220,7 @@ func TestInboundPlaintext(t *testing.T) {
 				assert.Equal(t, "plain", got)
 				return
 			}
-			require.True(t, errors.Is(err, syscall.ECONNRESET), "want reset, got %v", err)
+			require.True(t, isReset(err), "want reset, got %v", err)
 			l := m.logB.waitLines(t, "connection complete", 1)
 			assert.Equal(t, "inbound", l[0]["direction"])
 			if tc.opt.strict || tc.opt.strictHook {
@@ -239,12 +237,13 @@ func TestPassthroughOutsideMesh(t *testing.T) {
 	m := newMesh(t, meshOptions{})
 	echoServer(t, apOf(ipOutside, 7070), "")
 	echoServer(t, apOf(ipLegacy, 7071), "")
-	for _, dst := range []netip.AddrPort{apOf(ipOutside, 7070), apOf(ipLegacy, 7071)} {
+	for i, dst := range []netip.AddrPort{apOf(ipOutside, 7070), apOf(ipLegacy, 7071)} {
 		c := dialFrom(t, ipSleep, m.outboundTo(dst))
 		got, err := roundTrip(c, "plain tcp")
 		c.Close()
 		require.NoError(t, err)
 		assert.Equal(t, "plain tcp", got)
+		m.logA.waitLines(t, "connection complete", i+1)
 	}
 	out := m.logA.waitLines(t, "connection complete", 2)
 	assert.Equal(t, "127.77.0.9:7070", out[0]["dst.addr"])

@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -394,3 +395,10 @@ func startWaypoint(t testing.TB, m *mesh) *waypoint {
 }
 
 func netutilJoin(a *hbone.Conn, b *hbone.Conn) { hbone.Relay(a, b) }
+
+// isReset reports whether err is how a socket reports an RST from the
+// peer: ECONNRESET on read or write, or, when the RST arrived before the
+// client's own shutdown, ENOTCONN or EPIPE.
+func isReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.EPIPE)
+}

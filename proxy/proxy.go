@@ -63,9 +63,11 @@ type Config struct {
 	// the mesh (and to workloads that do not speak HBONE). src is the
 	// source workload or nil. If nil, a plain TCP dial.
 	DialPassthrough func(ctx context.Context, src *Workload, addr netip.AddrPort) (net.Conn, error)
-	// DialHBONE opens the TCP connection under an HBONE tunnel (see
-	// hbone.Dialer.DialTCP). If nil, the hbone default.
-	DialHBONE func(ctx context.Context, network, addr string) (net.Conn, error)
+	// DialHBONE opens the TCP connection under an HBONE tunnel from source
+	// workload src (inside its network namespace when in-pod; see
+	// hbone.Dialer.DialTCP). Tunnels are then pooled per source workload.
+	// If nil, the hbone default from the proxy's own namespace.
+	DialHBONE func(ctx context.Context, src *Workload, network, addr string) (net.Conn, error)
 	// BindSourceIP binds outbound HBONE connections to the source
 	// workload's address, so that the destination sees the real client IP
 	// (as ztunnel does with in-pod redirection). Default false.
@@ -140,6 +142,9 @@ type Proxy struct {
 	dialer *hbone.Dialer
 	server *hbone.Server
 
+	dialersMu sync.Mutex
+	dialers   map[string]*hbone.Dialer // per source workload uid, with DialHBONE
+
 	tlsMu  sync.Mutex
 	tlsFor map[spiffeid.ID]*tls.Config
 
@@ -179,7 +184,8 @@ func New(cfg Config) (*Proxy, error) {
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[net.Conn]struct{}),
 	}
-	p.dialer = &hbone.Dialer{DialTCP: cfg.DialHBONE, ConnectTimeout: cfg.ConnectTimeout}
+	p.dialer = &hbone.Dialer{ConnectTimeout: cfg.ConnectTimeout}
+	p.dialers = make(map[string]*hbone.Dialer)
 	p.server = &hbone.Server{
 		TLSConfig: &tls.Config{
 			MinVersion:         tls.VersionTLS13,
@@ -435,7 +441,29 @@ func (p *Proxy) dialOutbound(st *State, src *Workload, dst netip.AddrPort, info 
 	if p.cfg.BindSourceIP && info.SrcAddr.Addr().IsValid() {
 		r.SourceIP = info.SrcAddr.Addr()
 	}
-	return p.dialer.Dial(ctx, r)
+	return p.dialerFor(src).Dial(ctx, r)
+}
+
+// dialerFor returns the tunnel pool for src: one shared pool, or one per
+// source workload when the TCP dial depends on the source (in-pod).
+func (p *Proxy) dialerFor(src *Workload) *hbone.Dialer {
+	if p.cfg.DialHBONE == nil {
+		return p.dialer
+	}
+	p.dialersMu.Lock()
+	defer p.dialersMu.Unlock()
+	d, ok := p.dialers[src.UID]
+	if !ok {
+		dial := p.cfg.DialHBONE
+		d = &hbone.Dialer{
+			ConnectTimeout: p.cfg.ConnectTimeout,
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return dial(ctx, src, network, addr)
+			},
+		}
+		p.dialers[src.UID] = d
+	}
+	return d
 }
 
 func (p *Proxy) dialTCP(ctx context.Context, src *Workload, addr netip.AddrPort) (net.Conn, error) {
@@ -728,6 +756,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		<-done
 	}
 	p.dialer.Close()
+	p.dialersMu.Lock()
+	for _, d := range p.dialers {
+		d.Close()
+	}
+	p.dialersMu.Unlock()
 	if err == nil && serr != nil && !errors.Is(serr, hbone.ErrServerClosed) {
 		err = serr
 	}
