@@ -41,6 +41,9 @@ type Config struct {
 	SOCKS5Source                                     string
 	Admin, Metrics, Readiness                        string
 
+	// Pods are served in-pod: listeners inside each pod's namespace.
+	Pods []Pod
+
 	Redirected   bool // use SO_ORIGINAL_DST (iptables redirection)
 	BindSourceIP bool
 
@@ -187,6 +190,14 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Redirected {
 		pcfg.OriginalDst = inpod.OriginalDst
 	}
+	var pods *inPod
+	if len(cfg.Pods) > 0 {
+		if pods, err = openPods(cfg.Pods); err != nil {
+			return err
+		}
+		defer pods.close()
+		pods.wire(&pcfg)
+	}
 	px, err := proxy.New(pcfg)
 	if err != nil {
 		return err
@@ -232,6 +243,26 @@ func Run(ctx context.Context, cfg Config) error {
 		dataLns = append(dataLns, l)
 		if l != nil {
 			lns = append(lns, l)
+		}
+	}
+	for _, pod := range cfg.Pods {
+		n := pods.ns[pod.UID]
+		for _, ps := range []struct {
+			port  int
+			serve func(net.Listener) error
+		}{
+			{15001, func(l net.Listener) error { return px.ServeOutbound(l, pod.UID) }},
+			{15006, px.ServeInboundPlaintext},
+			{proxy.DefaultHBONEPort, px.ServeInboundHBONE},
+		} {
+			l, err := listenIn(ctx, n, ps.port)
+			if err != nil {
+				closeAll()
+				return fmt.Errorf("pod %s: listener %d: %w", pod.UID, ps.port, err)
+			}
+			lns = append(lns, l)
+			dataLns = append(dataLns, l)
+			specs = append(specs, lnSpec{fmt.Sprintf("pod %s :%d", pod.UID, ps.port), "", ps.serve})
 		}
 	}
 
