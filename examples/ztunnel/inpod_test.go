@@ -108,4 +108,3 @@ func TestInPod(t *testing.T) {
 	assert.Contains(t, logs.String(), `dst.hbone_addr=10.40.1.3:8080`)
 	assert.Contains(t, logs.String(), `src.identity=spiffe://cluster.local/ns/default/sa/sleep`)
 }
-
