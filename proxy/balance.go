@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/meshblocks/meshblocks/route"
 )
@@ -80,13 +81,78 @@ func routeLocality(w *Workload) route.Locality {
 	}
 }
 
+// lbCache keeps, per service of a State, the route table built for its
+// candidate list, so that STRICT/FAILOVER picks do not rebuild it per
+// connection. Entries are immutable; a changed candidate list replaces one.
+type lbCache struct {
+	m sync.Map // uint16 (first candidate's target port) -> *lbEntry
+}
+
+type lbEntry struct {
+	cands []Endpoint
+	table *route.Table
+	host  string
+}
+
+func sameCandidates(a, b []Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
 // routePick balances candidates with route's ztunnel L4 modes. Endpoints
 // are named by their index so that workloads with several addresses stay
 // distinct.
 func routePick(svc *Service, candidates []Endpoint, src *Workload) (Endpoint, bool) {
-	internal, distribution, ok := routeSettings(svc.LoadBalancing)
-	if !ok || len(candidates) == 0 || len(candidates) > 1<<16 {
+	if len(candidates) == 0 || len(candidates) > 1<<16 {
 		return Endpoint{}, false
+	}
+	var e *lbEntry
+	key := candidates[0].TargetPort
+	if svc.lb != nil {
+		if v, ok := svc.lb.m.Load(key); ok && sameCandidates(v.(*lbEntry).cands, candidates) {
+			e = v.(*lbEntry)
+		}
+	}
+	if e == nil {
+		var ok bool
+		if e, ok = buildLB(svc, candidates); !ok {
+			return Endpoint{}, false
+		}
+		if svc.lb != nil {
+			svc.lb.m.Store(key, e)
+		}
+	}
+	req := route.Request{Host: e.host, Port: 1, Protocol: route.TCP}
+	if src != nil {
+		req.Source = routeLocality(src)
+	}
+	res := e.table.Pick(&req, nil)
+	if res.Kind != route.Forward || res.Endpoint == nil {
+		return Endpoint{}, false
+	}
+	a, err := netip.ParseAddr(res.Endpoint.IP)
+	if err != nil {
+		return Endpoint{}, false
+	}
+	b := a.As4()
+	i := int(b[2])<<8 | int(b[3])
+	if i >= len(e.cands) {
+		return Endpoint{}, false
+	}
+	return e.cands[i], true
+}
+
+func buildLB(svc *Service, candidates []Endpoint) (*lbEntry, bool) {
+	internal, distribution, ok := routeSettings(svc.LoadBalancing)
+	if !ok {
+		return nil, false
 	}
 	eps := make([]route.Endpoint, len(candidates))
 	for i, c := range candidates {
@@ -105,24 +171,7 @@ func routePick(svc *Service, candidates []Endpoint, src *Workload) (Endpoint, bo
 		PublishNotReadyAddresses: svc.LoadBalancing.AllowUnhealthy,
 	}}})
 	if err != nil {
-		return Endpoint{}, false
+		return nil, false
 	}
-	req := route.Request{Host: host, Port: 1, Protocol: route.TCP}
-	if src != nil {
-		req.Source = routeLocality(src)
-	}
-	res := t.Pick(&req, nil)
-	if res.Kind != route.Forward || res.Endpoint == nil {
-		return Endpoint{}, false
-	}
-	a, err := netip.ParseAddr(res.Endpoint.IP)
-	if err != nil {
-		return Endpoint{}, false
-	}
-	b := a.As4()
-	i := int(b[2])<<8 | int(b[3])
-	if i >= len(candidates) {
-		return Endpoint{}, false
-	}
-	return candidates[i], true
+	return &lbEntry{cands: append([]Endpoint(nil), candidates...), table: t, host: host}, true
 }

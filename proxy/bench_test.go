@@ -229,3 +229,43 @@ func bigState(nw, ns int) ([]proxy.Workload, []proxy.Service) {
 	}
 	return ws, ss
 }
+
+// BenchmarkResolveBalanced: resolving a service VIP with 100 endpoints,
+// STANDARD (proxy's own pick) against FAILOVER (route's ranking, table
+// cached per State).
+func BenchmarkResolveBalanced(b *testing.B) {
+	vip := netip.MustParseAddr("10.96.0.1")
+	src := &proxy.Workload{Node: "n1", Locality: proxy.Locality{Region: "r", Zone: "z1"}}
+	for _, tc := range []struct {
+		name string
+		lb   *proxy.LoadBalancing
+	}{
+		{"standard", nil},
+		{"failover", &proxy.LoadBalancing{Mode: proxy.LBFailover, RoutingPreference: []string{"network", "region", "zone"}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var ws []proxy.Workload
+			for i := 0; i < 100; i++ {
+				ws = append(ws, proxy.Workload{UID: fmt.Sprint(i), Namespace: "d", ServiceAccount: "s",
+					Addresses: []netip.Addr{netip.AddrFrom4([4]byte{10, 1, 0, byte(i)})}, Protocol: proxy.TunnelHBONE,
+					Node: fmt.Sprintf("n%d", i%10), Locality: proxy.Locality{Region: "r", Zone: fmt.Sprintf("z%d", i%3)},
+					Services: map[string][]proxy.PortMapping{"d/s.d.svc.cluster.local": {{ServicePort: 80, TargetPort: 8080}}}})
+			}
+			st, err := proxy.NewState(ws, []proxy.Service{{Namespace: "d", Hostname: "s.d.svc.cluster.local",
+				Addresses: []netip.Addr{vip}, Ports: []proxy.ServicePort{{Port: 80}}, LoadBalancing: tc.lb}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				p, err := st.Resolve(src, netip.AddrPortFrom(vip, 80), proxy.ZtunnelBalancer)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if tc.lb != nil && p.Workload.Locality.Zone != "z1" {
+					b.Fatal("failover picked another zone")
+				}
+			}
+		})
+	}
+}

@@ -121,6 +121,8 @@ type Service struct {
 	// LoadBalancing selects ztunnel's balancing mode for the service's
 	// endpoints; nil means STANDARD with ONLY_HEALTHY.
 	LoadBalancing *LoadBalancing
+
+	lb *lbCache // set by NewState
 }
 
 // Key returns "namespace/hostname", the Service's resource name.
@@ -180,6 +182,11 @@ func (s *State) Services() []Service { return s.services }
 // NewState validates workloads and services and indexes them. Errors name
 // the object and field at fault; all of them are reported together.
 func NewState(workloads []Workload, services []Service, opts ...StateOption) (*State, error) {
+	// The State owns its services (it caches balancing tables in them).
+	services = append([]Service(nil), services...)
+	for i := range services {
+		services[i].lb = &lbCache{}
+	}
 	s := &State{
 		workloads: workloads,
 		services:  services,
