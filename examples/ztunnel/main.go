@@ -42,6 +42,28 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// SIGHUP reloads the config files.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-hup:
+			case <-done:
+				return
+			}
+			select {
+			case reload <- struct{}{}:
+			case <-done:
+				return
+			}
+		}
+	}()
+	cfg.Reload = reload
 	if err := Run(ctx, cfg); err != nil {
 		fmt.Fprintf(stderr, "ztunnel: %v\n", err)
 		return 1

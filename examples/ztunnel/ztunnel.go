@@ -47,6 +47,11 @@ type Config struct {
 	Redirected   bool // use SO_ORIGINAL_DST (iptables redirection)
 	BindSourceIP bool
 
+	// Reload, when it receives, re-reads LocalConfig and PolicyDir and
+	// swaps the state atomically (main sends on SIGHUP). A file that does
+	// not parse keeps the previous state.
+	Reload <-chan struct{}
+
 	LogLevel slog.Level
 	Logger   *slog.Logger // if nil, discard
 }
@@ -351,6 +356,31 @@ func Run(ctx context.Context, cfg Config) error {
 			"outbound", cfg.Outbound, "inbound", cfg.InboundHBONE)
 		return nil
 	})
+	if cfg.Reload != nil {
+		g.Go(func() error {
+			for {
+				select {
+				case <-gctx.Done():
+					return nil
+				case <-cfg.Reload:
+				}
+				next, err := loadState(&cfg)
+				if err != nil {
+					log.Warn("reload failed; keeping the previous state", "error", err)
+					continue
+				}
+				holder.Store(next)
+				for _, w := range next.Workloads() {
+					if cfg.Node == "" || w.Node == cfg.Node {
+						if id, err := w.Identity(); err == nil {
+							ids.Add(id)
+						}
+					}
+				}
+				log.Info("state reloaded", "workloads", len(next.Workloads()), "services", len(next.Services()))
+			}
+		})
+	}
 	g.Go(func() error {
 		<-gctx.Done()
 		ready.Store(false)

@@ -210,6 +210,47 @@ func TestTwoZtunnelsOnLoopback(t *testing.T) {
 	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", dump.Certificates[0]["identity"])
 }
 
+// TestReload swaps the state when Reload receives: a workload added to the
+// file shows in the config dump; a broken file keeps the previous state.
+func TestReload(t *testing.T) {
+	leakcheck.Check(t)
+	defer http.DefaultClient.CloseIdleConnections()
+	cfgPath, polDir, _ := writeFiles(t)
+	cfg, err := parseFlags([]string{"-config", cfgPath, "-policies", polDir, "-node", "n1", "-ip", "127.78.0.60"}, io.Discard)
+	require.NoError(t, err)
+	reload := make(chan struct{})
+	cfg.Reload = reload
+	var logs syncBuf
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, cfg) }()
+	defer func() { cancel(); assert.NoError(t, <-done) }()
+	waitReady(t, "http://127.78.0.60:15021/healthz/ready")
+	count := func() int {
+		var d struct{ Workloads []map[string]any }
+		require.NoError(t, json.Unmarshal([]byte(get(t, "http://127.78.0.60:15000/config_dump")), &d))
+		return len(d.Workloads)
+	}
+	require.Equal(t, 2, count())
+
+	more := meshYAML[:strings.Index(meshYAML, "\nservices:")+1] + `- uid: c//Pod/default/new
+  name: new
+  namespace: default
+  workloadIps: ["127.78.0.7"]
+  protocol: HBONE
+  node: n1
+` + meshYAML[strings.Index(meshYAML, "\nservices:")+1:]
+	require.NoError(t, os.WriteFile(cfgPath, []byte(more), 0o600))
+	reload <- struct{}{}
+	require.Eventually(t, func() bool { return count() == 3 }, 5*time.Second, 10*time.Millisecond, "logs: %s", &logs)
+
+	require.NoError(t, os.WriteFile(cfgPath, []byte("workloads: [{name: broken}]"), 0o600))
+	reload <- struct{}{}
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "reload failed") }, 5*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 3, count())
+}
+
 func TestBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "bad.yaml")
