@@ -313,3 +313,21 @@ func TestConfigDump(t *testing.T) {
 	assert.True(t, d.Certificates[0].NotAfter.After(time.Now()))
 	assert.Equal(t, []string{"c//Pod/default/echo"}, d.Services[0].Endpoints)
 }
+
+func TestOutboundSelfConnectRefused(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	ln := listen(t, apOf(netip.MustParseAddr("127.77.1.3"), 0))
+	m.serve(func() error { return m.a.ServeOutbound(ln, "") })
+	// No original destination is registered: the destination is the
+	// listener itself, which must not be proxied back to itself.
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(apOf(ipSleep, 0))}
+	c, err := d.Dial("tcp", ln.Addr().String())
+	if err == nil { // the reset may already fail the connect
+		defer c.Close()
+		_, err = roundTrip(c.(*net.TCPConn), "loop?")
+	}
+	require.True(t, isReset(err), "want reset, got %v", err)
+	l := m.logA.waitLines(t, "connection complete", 0)
+	_ = l
+}

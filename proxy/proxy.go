@@ -33,6 +33,9 @@ var (
 	// ErrPlaintextRejected: PeerAuthentication STRICT rejected a
 	// plaintext connection.
 	ErrPlaintextRejected = errors.New("proxy: plaintext rejected by peer authentication")
+	// ErrSelfConnect: a connection's destination is the proxy's own
+	// listener (the traffic was not redirected).
+	ErrSelfConnect = errors.New("proxy: connection addressed to the proxy itself")
 	// ErrProxyClosed is returned by Serve methods after Shutdown or Close.
 	ErrProxyClosed = errors.New("proxy: closed")
 )
@@ -299,6 +302,11 @@ func (p *Proxy) keepalive(c net.Conn) {
 func (p *Proxy) ServeOutbound(ln net.Listener, srcUID string) error {
 	return p.serve(ln, func(c net.Conn) {
 		dst, err := p.originalDst(c)
+		if err == nil && dst == addrPortOf(c.LocalAddr()) {
+			// Not redirected: the app dialled the listener itself, and
+			// passing it through would loop back here.
+			err = ErrSelfConnect
+		}
 		if err != nil {
 			p.reset(c)
 			p.log.Warn("outbound: original destination", "src.addr", c.RemoteAddr().String(), "error", err)
