@@ -79,9 +79,7 @@ func TestOutboundDeniedIsReset(t *testing.T) {
 	leakcheck.Check(t)
 	m := newMesh(t, meshOptions{})
 	echoServer(t, apOf(ipEcho, 9090), "")
-	c := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 9090)))
-	defer c.Close()
-	_, err := roundTrip(c, "ping")
+	_, err := exchange(ipSleep, m.outboundTo(apOf(ipEcho, 9090)), "ping")
 	require.Error(t, err)
 	assert.True(t, isReset(err), "want a reset (curl exit 56), got %v", err)
 
@@ -208,13 +206,7 @@ func TestInboundPlaintext(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := newMesh(t, tc.opt)
 			echoServer(t, apOf(ipEcho, 8080), "")
-			d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(apOf(tc.src, 0))}
-			got := ""
-			c, err := d.Dial("tcp", m.plaintextTo(apOf(ipEcho, 8080)).String())
-			if err == nil { // the reset may already fail the connect
-				defer c.Close()
-				got, err = roundTrip(c.(*net.TCPConn), "plain")
-			}
+			got, err := exchange(tc.src, m.plaintextTo(apOf(ipEcho, 8080)), "plain")
 			if tc.ok {
 				require.NoError(t, err)
 				assert.Equal(t, "plain", got)
@@ -321,13 +313,6 @@ func TestOutboundSelfConnectRefused(t *testing.T) {
 	m.serve(func() error { return m.a.ServeOutbound(ln, "") })
 	// No original destination is registered: the destination is the
 	// listener itself, which must not be proxied back to itself.
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(apOf(ipSleep, 0))}
-	c, err := d.Dial("tcp", ln.Addr().String())
-	if err == nil { // the reset may already fail the connect
-		defer c.Close()
-		_, err = roundTrip(c.(*net.TCPConn), "loop?")
-	}
+	_, err := exchange(ipSleep, ln.Addr().(*net.TCPAddr).AddrPort(), "loop?")
 	require.True(t, isReset(err), "want reset, got %v", err)
-	l := m.logA.waitLines(t, "connection complete", 0)
-	_ = l
 }

@@ -402,3 +402,17 @@ func netutilJoin(a *hbone.Conn, b *hbone.Conn) { hbone.Relay(a, b) }
 func isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ENOTCONN) || errors.Is(err, syscall.EPIPE)
 }
+
+// exchange connects from src to addr, sends msg, half-closes and reads the
+// answer. A refused connection may already be reset during the connect
+// (the proxy can decide before the client's connect returns), so dial
+// errors are returned, not fatal.
+func exchange(src netip.Addr, addr netip.AddrPort, msg string) (string, error) {
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", addr.String())
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return roundTrip(c.(*net.TCPConn), msg)
+}
