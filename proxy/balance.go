@@ -85,7 +85,8 @@ func routeLocality(w *Workload) route.Locality {
 // candidate list, so that STRICT/FAILOVER picks do not rebuild it per
 // connection. Entries are immutable; a changed candidate list replaces one.
 type lbCache struct {
-	m sync.Map // uint16 (first candidate's target port) -> *lbEntry
+	m   sync.Map // uint16 (first candidate's target port) -> *lbEntry
+	eps sync.Map // uint16 service port -> []Endpoint
 }
 
 type lbEntry struct {

@@ -313,7 +313,22 @@ func (s *State) IdentityOf(w *Workload) spiffeid.ID { return s.ids[w] }
 
 // Endpoints returns the workloads backing port of svc, with the target
 // port each listens on. Unhealthy workloads are included; balancers decide.
+// The returned slice is shared and must not be modified.
 func (s *State) Endpoints(svc *Service, port uint16) []Endpoint {
+	// Services of this State cache the list per port; the State never
+	// changes, so neither does the list. Callers must not modify it.
+	if svc.lb != nil && s.svcByKey[svc.Key()] == svc {
+		if v, ok := svc.lb.eps.Load(port); ok {
+			return v.([]Endpoint)
+		}
+		eps := s.endpointsOf(svc, port)
+		svc.lb.eps.Store(port, eps)
+		return eps
+	}
+	return s.endpointsOf(svc, port)
+}
+
+func (s *State) endpointsOf(svc *Service, port uint16) []Endpoint {
 	var svcTarget uint16
 	found := false
 	for _, p := range svc.Ports {
