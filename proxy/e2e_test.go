@@ -66,6 +66,9 @@ func TestOutboundAllowedOverHBONE(t *testing.T) {
 			assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", l["src.identity"])
 			assert.Equal(t, "127.77.0.3:8080", l["dst.hbone_addr"])
 			assert.EqualValues(t, len(msg), l["bytes_sent"])
+			if tc.service != "" {
+				assert.Equal(t, tc.service, l["dst.service"], "from the forwarded header")
+			}
 		})
 	}
 	m.metrics.mu.Lock()
@@ -127,6 +130,12 @@ func TestWaypointDetour(t *testing.T) {
 	require.Len(t, seen, 1)
 	assert.Equal(t, "127.77.10.2:80", seen[0].authority, "the waypoint gets the service VIP as authority")
 	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", seen[0].peer)
+	// ztunnel's request headers describe the client.
+	assert.Contains(t, seen[0].baggage, "k8s.pod.name=sleep")
+	assert.Contains(t, seen[0].forwarded, `for="127.77.0.2:`)
+	assert.Contains(t, seen[0].forwarded, "host=echo-wp.default.svc.cluster.local")
+	_, err = hbone.ParseTraceparent(seen[0].traceparent)
+	assert.NoError(t, err)
 	out := m.logA.waitLines(t, "connection complete", 1)
 	assert.Equal(t, "127.77.0.4:15008", out[0]["dst.addr"])
 	assert.Equal(t, "waypoint", out[0]["dst.workload"])

@@ -345,7 +345,7 @@ func roundTrip(c *net.TCPConn, msg string) (string, error) {
 }
 func apOf(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
 
-type wpSeen struct{ authority, peer string }
+type wpSeen struct{ authority, peer, baggage, forwarded, traceparent string }
 
 // waypoint is a minimal L4 waypoint: an HBONE server with its own identity
 // that forwards each tunnel over HBONE to the echo workload.
@@ -367,7 +367,7 @@ func startWaypoint(t testing.TB, m *mesh) *waypoint {
 	d := &hbone.Dialer{Source: src, Expected: []spiffeid.ID{m.ca.ID("ns/default/sa/echo")}}
 	srv := &hbone.Server{Source: src, Handler: hbone.HandlerFunc(func(r *hbone.Request) {
 		wp.mu.Lock()
-		wp.reqs = append(wp.reqs, wpSeen{r.Authority, r.Peer.String()})
+		wp.reqs = append(wp.reqs, wpSeen{r.Authority, r.Peer.String(), r.Header.Get("baggage"), r.Header.Get("forwarded"), r.Header.Get("traceparent")})
 		wp.mu.Unlock()
 		up, err := d.Dial(r.Context(), hbone.Route{Address: "127.77.0.3:15008", Authority: "127.77.0.3:8080"})
 		if err != nil {

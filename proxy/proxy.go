@@ -449,6 +449,13 @@ func (p *Proxy) dialOutbound(st *State, src *Workload, dst netip.AddrPort, info 
 	if p.cfg.BindSourceIP && info.SrcAddr.Addr().IsValid() {
 		r.SourceIP = info.SrcAddr.Addr()
 	}
+	// ztunnel's request headers: who is calling (baggage), the original
+	// client and service (forwarded), and a fresh trace context.
+	r.Header = http.Header{
+		hbone.HeaderBaggage:     {baggageOf(src).String()},
+		hbone.HeaderForwarded:   {hbone.Forwarded{For: info.SrcAddr, Host: info.DstService}.String()},
+		hbone.HeaderTraceparent: {hbone.NewTraceparent().String()},
+	}
 	return p.dialerFor(src).Dial(ctx, r)
 }
 
@@ -531,7 +538,7 @@ func (p *Proxy) serveHBONE(r *hbone.Request) {
 		p.complete(info)
 		return
 	}
-	tun, err := r.Accept(nil)
+	tun, err := r.Accept(http.Header{hbone.HeaderBaggage: {baggageOf(info.DstWorkload).String()}})
 	if err != nil {
 		up.Close()
 		info.Err = err
@@ -567,6 +574,11 @@ func (p *Proxy) inboundUpstream(st *State, r *hbone.Request, info *ConnInfo) (in
 		return http.StatusServiceUnavailable, nil, fmt.Errorf("%w: %s", ErrUnknownDestination, ip)
 	}
 	info.DstWorkload, info.DstIdentity = dst, st.IdentityOf(dst)
+	// The client names the service it meant in forwarded's host (used
+	// for attribution only, as ztunnel does).
+	if f, err := hbone.ParseForwarded(r.Header.Get(hbone.HeaderForwarded)); err == nil {
+		info.DstService = f.Host
+	}
 	if err := p.authorize(st, dst, info, identity.PrincipalFromID(r.Peer), target); err != nil {
 		return http.StatusUnauthorized, nil, err
 	}
@@ -789,6 +801,26 @@ func (p *Proxy) closeConns() {
 	for c := range p.conns {
 		c.Close()
 	}
+}
+
+// baggageOf describes w as ztunnel's baggage header does.
+func baggageOf(w *Workload) hbone.Baggage {
+	if w == nil {
+		return hbone.Baggage{}
+	}
+	return hbone.Baggage{
+		Namespace: w.Namespace, WorkloadKind: "pod", WorkloadName: w.Name,
+		ServiceName: cmpString(w.Labels["service.istio.io/canonical-name"], w.Labels["app"]),
+		ServiceVer:  cmpString(w.Labels["service.istio.io/canonical-revision"], w.Labels["version"]),
+		Region:      w.Locality.Region, Zone: w.Locality.Zone,
+	}
+}
+
+func cmpString(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
