@@ -30,19 +30,31 @@ func genConfig(path string, nw, ns int) error {
 	return os.WriteFile(path, []byte(b.String()), 0o600)
 }
 
-func vmRSS(pid int) (int64, error) {
+// memStatus reads the resident-set figures of a process, in kB: VmRSS and
+// its split into anonymous memory (heap, stacks) and file-backed pages (the
+// binary's code and read-only data that were touched).
+func memStatus(pid int) (rss, anon, file int64, err error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, err
 	}
 	defer f.Close()
 	s := bufio.NewScanner(f)
+	found := 0
 	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		for key, dst := range map[string]*int64{"VmRSS:": &rss, "RssAnon:": &anon, "RssFile:": &file} {
+			if v, ok := strings.CutPrefix(s.Text(), key); ok {
+				if *dst, err = strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64); err != nil {
+					return 0, 0, 0, err
+				}
+				found++
+			}
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS")
+	if found != 3 {
+		return 0, 0, 0, fmt.Errorf("/proc/%d/status: VmRSS, RssAnon or RssFile missing", pid)
+	}
+	return rss, anon, file, nil
 }
 
 // BenchmarkRSS1000Workloads builds the ztunnel binary, starts it with
@@ -70,12 +82,14 @@ func BenchmarkRSS1000Workloads(b *testing.B) {
 		}
 		waitReady(b, "http://127.78.0.30:15021/healthz/ready")
 		time.Sleep(500 * time.Millisecond) // let start-up garbage settle
-		kb, err := vmRSS(cmd.Process.Pid)
+		rss, anon, file, err := memStatus(cmd.Process.Pid)
 		cancel()
 		cmd.Wait()
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(float64(kb)/1024, "RSS-MB")
+		b.ReportMetric(float64(rss)/1024, "RSS-MB")
+		b.ReportMetric(float64(anon)/1024, "anon-MB")
+		b.ReportMetric(float64(file)/1024, "file-MB")
 	}
 }
