@@ -1,10 +1,3 @@
-// Package inpodtest creates real network namespaces for tests: a fresh
-// namespace per test, with loopback up, that is deleted when the test ends.
-//
-// Namespaces need root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and the iproute2
-// and iptables commands. Without root, [RequireRoot] skips the test, except
-// when the environment variable CI is "true": there a skip would hide a
-// missing privilege, so the test fails instead.
 package inpodtest
 
 import (
