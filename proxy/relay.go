@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -19,48 +18,7 @@ func (p *Proxy) relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	if p.cfg.IdleTimeout > 0 {
 		return relayIdle(a, b, p.cfg.IdleTimeout)
 	}
-	ta, okA := a.(*net.TCPConn)
-	tb, okB := b.(*net.TCPConn)
-	if okA && okB {
-		return spliceJoin(ta, tb)
-	}
-	return netutil.Join(a, b)
-}
-
-// spliceJoin relays between two TCP sockets with TCPConn.ReadFrom, which
-// uses splice(2) on Linux so bytes never enter user space.
-func spliceJoin(a, b *net.TCPConn) (aToB, bToA int64, err error) {
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	fail := func(e error) {
-		once.Do(func() {
-			first = e
-			a.Close()
-			b.Close()
-		})
-	}
-	half := func(dst, src *net.TCPConn, n *int64) {
-		defer wg.Done()
-		c, e := dst.ReadFrom(src)
-		*n = c
-		if e != nil {
-			fail(e)
-			return
-		}
-		if e := dst.CloseWrite(); e != nil && !errors.Is(e, net.ErrClosed) {
-			fail(e)
-		}
-	}
-	wg.Add(2)
-	go half(b, a, &aToB)
-	half(a, b, &bToA)
-	wg.Wait()
-	a.Close()
-	b.Close()
-	return aToB, bToA, first
+	return netutil.Join(a, b) // splices when both ends are TCP sockets
 }
 
 // activity counts reads on a connection so an idle watchdog can tell

@@ -34,13 +34,19 @@ const (
 // that grows from 1 KiB to 16 KiB after 128 KiB and to 256 KiB after
 // 10 MiB. It returns the number of bytes written. Reaching EOF on src is not
 // an error. Copy does not close or half-close either side. A source that
-// implements io.WriterTo (other than a socket) copies itself.
+// implements io.WriterTo (other than a socket) copies itself, and a socket
+// copied to a TCP socket is spliced in the kernel.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	// Sources that hold their data in buffers already (tunnel streams)
 	// hand them over directly. Sockets keep the growing buffer below: their
 	// WriteTo falls back to small fixed copies for non-socket writers.
 	if wt, ok := src.(io.WriterTo); ok && !isSocket(src) {
 		return wt.WriteTo(dst)
+	}
+	// Socket to TCP socket: TCPConn.ReadFrom uses splice(2) on Linux, so
+	// the bytes never enter user space.
+	if tc, ok := dst.(*net.TCPConn); ok && isSocket(src) {
+		return tc.ReadFrom(src)
 	}
 	size := smallBuf
 	buf := GetBuffer(size)
