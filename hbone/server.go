@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/internal/netutil"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -229,34 +230,24 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 	}()
-	var backoff time.Duration
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			s.mu.Lock()
-			down := s.shutdown
-			s.mu.Unlock()
-			if down {
-				return ErrServerClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				time.Sleep(backoff)
-				continue
-			}
-			return fmt.Errorf("hbone: accept: %w", err)
-		}
-		backoff = 0
+	err = netutil.AcceptLoop(ln, func(nc net.Conn) bool {
 		if !s.track(nc) {
 			nc.Close()
-			return ErrServerClosed
+			return false
 		}
 		go func() {
 			defer s.wg.Done()
 			s.serve(nc, cfg)
 		}()
+		return true
+	})
+	s.mu.Lock()
+	down := s.shutdown
+	s.mu.Unlock()
+	if down || errors.Is(err, netutil.ErrStopped) {
+		return ErrServerClosed
 	}
+	return fmt.Errorf("hbone: accept: %w", err)
 }
 
 // ServeConn serves one already accepted connection (TLS is done here) and

@@ -18,6 +18,7 @@ import (
 	"github.com/meshblocks/meshblocks/authz"
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/internal/netutil"
 )
 
 // Errors of the data path; match them with errors.Is.
@@ -258,35 +259,25 @@ func (p *Proxy) serve(ln net.Listener, handle func(net.Conn)) error {
 		delete(p.listeners, ln)
 		p.mu.Unlock()
 	}()
-	var delay time.Duration
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			p.mu.Lock()
-			closed := p.closed
-			p.mu.Unlock()
-			if closed {
-				return ErrProxyClosed
-			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			return fmt.Errorf("proxy: accept: %w", err)
-		}
-		delay = 0
+	err := netutil.AcceptLoop(ln, func(c net.Conn) bool {
 		if !p.track(c) {
 			c.Close()
-			return ErrProxyClosed
+			return false
 		}
 		p.keepalive(c)
 		go func() {
 			defer p.untrack(c)
 			handle(c)
 		}()
+		return true
+	})
+	p.mu.Lock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed || errors.Is(err, netutil.ErrStopped) {
+		return ErrProxyClosed
 	}
+	return fmt.Errorf("proxy: accept: %w", err)
 }
 
 func (p *Proxy) keepalive(c net.Conn) {
