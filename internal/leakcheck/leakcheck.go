@@ -34,7 +34,6 @@ var ignored = []string{
 	"runtime.MHeap_Scavenger",
 	"signal.signal_recv",
 	"os/signal.loop",
-	"internal/poll.runtime_pollWait", // only when created by ignored parents; filtered below by creator
 	"created by testing.",
 	"created by os/signal.Notify",
 	"created by net/http.(*Transport).dialConn", // idle keep-alive conns owned by http.DefaultTransport

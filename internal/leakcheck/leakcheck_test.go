@@ -1,6 +1,7 @@
 package leakcheck_test
 
 import (
+	"net"
 	"testing"
 
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
@@ -46,5 +47,35 @@ func TestNoLeak(t *testing.T) {
 	r.run()
 	if r.failed {
 		t.Fatal("a goroutine that exited was reported as leaked")
+	}
+}
+
+// A goroutine parked in a network read is the commonest leak in a proxy
+// (a relay or stream reader nobody closed); it must be reported too.
+func TestDetectsLeakBlockedOnNetworkRead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the leak timeout")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r := &recorder{TB: t}
+	leakcheck.Check(r)
+	go func() { _, _ = c.Read(make([]byte, 1)) }()
+	r.run()
+	c.Close()
+	if !r.failed {
+		t.Fatal("a goroutine blocked in conn.Read for the whole wait was not reported")
 	}
 }
