@@ -477,6 +477,11 @@ func (m *Manager) fetch(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x
 	if na := svid.Certificates[0].NotAfter; !time.Now().Before(na) {
 		return nil, nil, fmt.Errorf("identity: fetcher returned a certificate for %s that expired at %s", id, na.UTC().Format(time.RFC3339))
 	}
+	// A certificate that does not chain to the bundle handed out with it
+	// would be refused by every peer: keep serving the previous one.
+	if _, _, err := x509svid.Verify(svid.Certificates, bundle, x509svid.WithTime(time.Now())); err != nil {
+		return nil, nil, fmt.Errorf("identity: fetcher answer for %s does not verify against its bundle: %w", id, err)
+	}
 	return svid, bundle, nil
 }
 

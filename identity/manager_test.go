@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/identity/identitytest"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -254,27 +255,59 @@ func TestManagerWaitsForFirstCertificateWithinContext(t *testing.T) {
 }
 
 func TestManagerRejectsBadFetcherAnswers(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		ca := newLocalCA(t, time.Hour)
-		other := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/other")
-		var reasons list[string]
-		m, err := identity.NewManager(identity.ManagerConfig{
-			Fetcher: identity.FetcherFunc(func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509bundle.Bundle, error) {
-				return ca.Fetch(ctx, other) // always the wrong identity
-			}),
-			Hooks: identity.ManagerHooks{FetchFailed: func(_ spiffeid.ID, _ int, err error) { reasons.add(err.Error()) }},
+	sleep := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/sleep")
+	other := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/other")
+	tests := []struct {
+		name   string
+		answer func(t *testing.T, ca *identitytest.CA) *x509svid.SVID
+		reason string
+	}{
+		{
+			name:   "wrong identity",
+			answer: func(t *testing.T, ca *identitytest.CA) *x509svid.SVID { return ca.SVID(t, "ns/default/sa/other") },
+			reason: "returned a certificate for " + other.String(),
+		},
+		{
+			name: "already expired",
+			answer: func(t *testing.T, ca *identitytest.CA) *x509svid.SVID {
+				tmpl := ca.Template("ns/default/sa/sleep")
+				tmpl.NotBefore = time.Now().Add(-2 * time.Hour)
+				tmpl.NotAfter = time.Now().Add(-time.Second)
+				return ca.Issue(t, tmpl)
+			},
+			reason: "that expired at",
+		},
+		{
+			name: "not signed by the bundle",
+			answer: func(t *testing.T, _ *identitytest.CA) *x509svid.SVID {
+				return identitytest.NewCA(t, "cluster.local").SVID(t, "ns/default/sa/sleep")
+			},
+			reason: "fetcher answer for " + sleep.String(),
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := identitytest.NewCA(t, "cluster.local")
+				var reasons list[string]
+				m, err := identity.NewManager(identity.ManagerConfig{
+					Fetcher: identity.FetcherFunc(func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509bundle.Bundle, error) {
+						return tt.answer(t, ca), ca.Bundle(), nil
+					}),
+					Hooks: identity.ManagerHooks{FetchFailed: func(_ spiffeid.ID, _ int, err error) { reasons.add(err.Error()) }},
+				})
+				require.NoError(t, err)
+				src := m.Source(sleep)
+				runManager(t, m)
+				ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+				defer cancel()
+				got, err := src.SVID(ctx)
+				require.Error(t, err, "the manager handed out %v", got)
+				require.NotEmpty(t, reasons.get())
+				assert.Contains(t, reasons.get()[0], tt.reason)
+			})
 		})
-		require.NoError(t, err)
-		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/sleep")
-		src := m.Source(id)
-		runManager(t, m)
-		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-		defer cancel()
-		_, err = src.SVID(ctx)
-		require.Error(t, err)
-		require.NotEmpty(t, reasons.get())
-		assert.Contains(t, reasons.get()[0], "returned a certificate for spiffe://cluster.local/ns/default/sa/other")
-	})
+	}
 }
 
 func TestManagerForgetsIdleIdentities(t *testing.T) {
@@ -318,7 +351,16 @@ func TestManagerForgetsIdleIdentities(t *testing.T) {
 
 func TestManagerAfterRun(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m, err := identity.NewManager(identity.ManagerConfig{Fetcher: newLocalCA(t, time.Hour)})
+		ca := newLocalCA(t, time.Hour)
+		m, err := identity.NewManager(identity.ManagerConfig{
+			Fetcher: identity.FetcherFunc(func(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, *x509bundle.Bundle, error) {
+				if id.Path() == "/ns/default/sa/hung" {
+					<-ctx.Done() // a CA that never answers
+					return nil, nil, ctx.Err()
+				}
+				return ca.Fetch(ctx, id)
+			}),
+		})
 		require.NoError(t, err)
 		id := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/sleep")
 		src := m.Source(id)
@@ -334,8 +376,18 @@ func TestManagerAfterRun(t *testing.T) {
 		require.Error(t, m.Run(ctx), "second Run")
 
 		// A caller blocked on an identity whose first fetch hangs is released by shutdown.
+		hung := spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/hung")
+		waiting := make(chan error, 1)
+		go func() { _, err := m.Source(hung).SVID(context.Background()); waiting <- err }()
+		synctest.Wait()
+		select {
+		case err := <-waiting:
+			t.Fatalf("SVID of an identity whose fetch hangs returned early: %v", err)
+		default:
+		}
 		cancel()
 		require.NoError(t, <-done)
+		require.ErrorIs(t, <-waiting, identity.ErrClosed)
 		_, err = src.SVID(t.Context())
 		require.ErrorIs(t, err, identity.ErrClosed)
 		require.ErrorIs(t, m.WaitReady(t.Context()), identity.ErrClosed)
