@@ -1,6 +1,7 @@
 package identitytest_test
 
 import (
+	"context"
 	"crypto/x509"
 	"fmt"
 	"testing"
@@ -32,4 +33,26 @@ func ExampleCA_Issue() {
 	_ = identity.ServerTLSConfig(src) // clients reject this server
 	fmt.Println(bad.ID)
 	// Output: spiffe://cluster.local/ns/default/sa/server
+}
+
+func ExampleCA_IssueIntermediate() {
+	t := &testing.T{}
+	root := identitytest.NewCA(t, "cluster.local")
+	inter := root.IssueIntermediate(t)
+	svid := inter.SVID(t, "ns/default/sa/sleep")
+	// The leaf comes with the intermediate; peers verify it to the root.
+	fmt.Println(len(svid.Certificates), svid.Certificates[1].IsCA, inter.Bundle().HasX509Authority(root.Root()))
+	// Output: 2 true true
+}
+
+func ExampleSourceWithBundle() {
+	t := &testing.T{}
+	ours := identitytest.NewCA(t, "cluster.local")
+	theirs := identitytest.NewCA(t, "cluster.local")
+	// A certificate from one CA served with the roots of another: every
+	// peer of this source fails verification ("unknown root").
+	src := identitytest.SourceWithBundle(theirs.SVID(t, "ns/default/sa/sleep"), ours.Bundle())
+	svid, _ := src.SVID(context.Background())
+	fmt.Println(svid.ID)
+	// Output: spiffe://cluster.local/ns/default/sa/sleep
 }
