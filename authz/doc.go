@@ -25,8 +25,15 @@
 // naming the object and Istio field path (for example
 // `test/bad: spec.rules[0].from[1].source.ipBlocks[2]: "10.0.0.300/8" is not
 // an IP or CIDR`), and the invalid policy denies every request in the scope
-// it would have applied to (the whole namespace when even its attachment is
-// unusable).
+// it would have applied to. When that scope cannot be known (the policy
+// could not be decoded, sets both a selector and targetRefs, has a selector
+// that selects nothing, or has no targetRef that can attach anywhere), the
+// scope is the policy's whole namespace, and everything for a policy in the
+// root namespace. An invalid policy denies only at the layers that would
+// enforce its action: AUDIT never changes a decision, and ztunnel never
+// receives CUSTOM (or AUDIT) policies, so an invalid CUSTOM policy fails
+// closed only at the waypoint. A policy whose action could not be decoded
+// fails closed at both layers.
 //
 // Extension conditions (CEL, package authz/cel) plug in as Predicates on
 // Policy.Extra.

@@ -180,64 +180,166 @@ func New(cfg Config, policies []Policy) (*Engine, error) {
 	return e, errs
 }
 
-func (e *Engine) place(p *Policy, ord int, invalid bool) {
-	hasTargets := len(p.TargetRefs) > 0
-	// When the attachment itself is unusable, fail closed over the whole
-	// namespace (the root namespace: everything) at both layers.
-	conflict := (hasTargets && p.HasSelector) || (invalid && p.Err != nil && !hasTargets && !p.HasSelector)
-	// L4
-	if invalid || (!hasTargets && !p.DryRun && (p.Action == Allow || p.Action == Deny)) {
-		cp := &cpolicy{p: p, ord: ord, invalid: invalid}
-		if !invalid {
-			cp.rules = (&compileCtx{p: p, layer: L4}).compile()
-		}
-		switch {
-		case conflict:
-			e.l4.addScope(e.root, p.Namespace, cp)
-		case hasTargets:
-		case p.HasSelector:
-			if k, v, ok := firstLabel(p.Selector); ok {
-				n := e.l4.ns(p.Namespace)
-				if p.Namespace == e.root {
-					e.l4.rootSel = n
-				}
-				lk := labelKey{k, v}
-				n.byLabel[lk] = append(n.byLabel[lk], cp)
-			} // selector: {} attaches to nothing at L4 (spec §3.1)
-		default:
-			e.l4.addScope(e.root, p.Namespace, cp)
+// Target kinds a waypoint attaches policies to (spec §3.2).
+const (
+	tkUnsupported uint8 = iota
+	tkService
+	tkServiceEntry
+	tkGateway
+	tkGatewayClass
+)
+
+// targetKind classifies a targetRef by group and kind, as Istio's
+// validation does (an empty group is the core group).
+func targetKind(t TargetRef) uint8 {
+	switch {
+	case t.Kind == "Service" && (t.Group == "" || t.Group == "core"):
+		return tkService
+	case t.Kind == "ServiceEntry" && t.Group == "networking.istio.io":
+		return tkServiceEntry
+	case t.Kind == "Gateway" && t.Group == "gateway.networking.k8s.io":
+		return tkGateway
+	case t.Kind == "GatewayClass" && t.Group == "gateway.networking.k8s.io":
+		return tkGatewayClass
+	}
+	return tkUnsupported
+}
+
+// usableRef reports whether a targetRef of p names an object a policy can be
+// attached to at all: a supported group and kind, a name, and no other
+// namespace.
+func usableRef(p *Policy, t TargetRef) bool {
+	return targetKind(t) != tkUnsupported && t.Name != "" && (t.Namespace == "" || t.Namespace == p.Namespace)
+}
+
+// usableSelector reports whether a selector can select workloads: at least
+// one label, and no empty or wildcard key or value.
+func usableSelector(sel map[string]string) bool {
+	if len(sel) == 0 {
+		return false
+	}
+	for k, v := range sel {
+		if k == "" || strings.Contains(k, "*") || strings.Contains(v, "*") {
+			return false
 		}
 	}
-	// L7
-	if invalid || (hasTargets && !p.DryRun) {
-		cp := &cpolicy{p: p, ord: ord, invalid: invalid}
-		if !invalid {
-			cp.rules = (&compileCtx{p: p, layer: L7}).compile()
-		}
-		if conflict {
-			e.l7.addScope(e.root, p.Namespace, cp)
+	return true
+}
+
+// undecoded reports whether p carries nothing but an error: the converter
+// could not decode it, so its attachment and action are unknown.
+func undecoded(p *Policy) bool {
+	return p.Err != nil && !p.HasSelector && p.Selector == nil && len(p.TargetRefs) == 0 &&
+		len(p.Rules) == 0 && p.Action == Allow && p.Provider == "" && !p.DryRun && len(p.Extra) == 0
+}
+
+// enforcedAt reports whether a policy with action a can deny a request at
+// layer l. ztunnel receives only ALLOW and DENY policies (istiod drops AUDIT
+// and CUSTOM ones with the status "ztunnel does not support the X action");
+// a waypoint enforces ALLOW, DENY and CUSTOM; AUDIT never changes a
+// decision. An action outside the four counts as enforced everywhere.
+func enforcedAt(a Action, l Layer) bool {
+	switch a {
+	case Audit:
+		return false
+	case Custom:
+		return l == L7
+	}
+	return true
+}
+
+func (e *Engine) place(p *Policy, ord int, invalid bool) {
+	if invalid {
+		e.placeInvalid(p, ord)
+		return
+	}
+	if p.DryRun {
+		return // never enforced (a waypoint keeps it only as a shadow rule)
+	}
+	if len(p.TargetRefs) == 0 {
+		// L4 only: waypoints ignore policies without targetRefs, and
+		// ztunnel receives only ALLOW and DENY.
+		if p.Action != Allow && p.Action != Deny {
 			return
 		}
-		for _, t := range p.TargetRefs {
-			var k targetKey
-			switch t.Kind {
-			case "Service":
-				k = targetKey{1, p.Namespace, t.Name}
-			case "ServiceEntry":
-				k = targetKey{2, p.Namespace, t.Name}
-			case "Gateway":
-				k = targetKey{3, p.Namespace, t.Name}
-			case "GatewayClass":
-				if t.Name == "istio-waypoint" && p.Namespace == e.root {
-					e.l7.global = append(e.l7.global, cp)
+		cp := &cpolicy{p: p, ord: ord, rules: (&compileCtx{p: p, layer: L4}).compile()}
+		switch {
+		case !p.HasSelector:
+			e.l4.addScope(e.root, p.Namespace, cp)
+		case len(p.Selector) > 0:
+			e.l4.addSelected(e.root, p.Namespace, p.Selector, cp)
+		} // a valid selector: {} attaches to nothing at L4 (spec §3.1)
+		return
+	}
+	// L7 only: a policy with targetRefs is never sent to ztunnel.
+	cp := &cpolicy{p: p, ord: ord, rules: (&compileCtx{p: p, layer: L7}).compile()}
+	for _, t := range p.TargetRefs {
+		e.attachL7(p, t, cp)
+	}
+}
+
+// placeInvalid makes an invalid policy deny every request in the scope it
+// would have applied to, at each layer that would enforce its action. When
+// that scope cannot be known (the policy could not be decoded, it sets both
+// a selector and targetRefs, its selector selects nothing, or none of its
+// targetRefs can attach anywhere), the scope is the policy's whole
+// namespace, and every namespace for a root-namespace policy.
+func (e *Engine) placeInvalid(p *Policy, ord int) {
+	unknown := undecoded(p)
+	hasTargets := len(p.TargetRefs) > 0
+	wide := unknown || (hasTargets && p.HasSelector)
+	for _, l := range [...]Layer{L4, L7} {
+		if !unknown && !enforcedAt(p.Action, l) {
+			continue
+		}
+		cp := &cpolicy{p: p, ord: ord, invalid: true}
+		switch {
+		case wide && l == L4:
+			e.l4.addScope(e.root, p.Namespace, cp)
+		case wide:
+			e.l7.addScope(e.root, p.Namespace, cp)
+		case l == L4 && hasTargets:
+			// never sent to ztunnel, whatever its targets
+		case l == L4 && p.HasSelector && usableSelector(p.Selector):
+			e.l4.addSelected(e.root, p.Namespace, p.Selector, cp)
+		case l == L4:
+			e.l4.addScope(e.root, p.Namespace, cp)
+		case !hasTargets:
+			// waypoints ignore policies without targetRefs
+		default:
+			attached := false
+			for _, t := range p.TargetRefs {
+				if usableRef(p, t) {
+					attached = true
+					e.attachL7(p, t, cp)
 				}
-				continue
-			default:
-				continue
 			}
-			e.l7.byTarget[k] = append(e.l7.byTarget[k], cp)
+			if !attached {
+				e.l7.addScope(e.root, p.Namespace, cp)
+			}
 		}
 	}
+}
+
+// attachL7 indexes cp under one targetRef of p.
+func (e *Engine) attachL7(p *Policy, t TargetRef, cp *cpolicy) {
+	var k targetKey
+	switch targetKind(t) {
+	case tkService:
+		k = targetKey{1, p.Namespace, t.Name}
+	case tkServiceEntry:
+		k = targetKey{2, p.Namespace, t.Name}
+	case tkGateway:
+		k = targetKey{3, p.Namespace, t.Name}
+	case tkGatewayClass:
+		if t.Name == "istio-waypoint" && p.Namespace == e.root {
+			e.l7.global = append(e.l7.global, cp)
+		}
+		return
+	default:
+		return
+	}
+	e.l7.byTarget[k] = append(e.l7.byTarget[k], cp)
 }
 
 func (ix *layerIndex) ns(name string) *nsIndex {
@@ -256,6 +358,17 @@ func (ix *layerIndex) addScope(root, ns string, cp *cpolicy) {
 		n := ix.ns(ns)
 		n.wide = append(n.wide, cp)
 	}
+}
+
+// addSelected indexes a selector policy of namespace ns by its first label.
+func (ix *layerIndex) addSelected(root, ns string, sel map[string]string, cp *cpolicy) {
+	k, v, _ := firstLabel(sel)
+	n := ix.ns(ns)
+	if ns == root {
+		ix.rootSel = n
+	}
+	lk := labelKey{k, v}
+	n.byLabel[lk] = append(n.byLabel[lk], cp)
 }
 
 func firstLabel(m map[string]string) (k, v string, ok bool) {

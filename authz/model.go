@@ -86,7 +86,10 @@ type Policy struct {
 	Extra []Predicate
 
 	// Err, when non-nil, marks a policy that could not be decoded or
-	// converted; the engine treats it as invalid and denies its scope.
+	// converted; the engine treats it as invalid and denies its scope. A
+	// policy with Err set and every other field (but Namespace and Name)
+	// zero is taken as entirely undecoded: its attachment and action are
+	// unknown, so it denies its whole namespace at both layers.
 	Err error
 }
 

@@ -153,11 +153,7 @@ func Validate(p *Policy) error {
 		if t.Namespace != "" && t.Namespace != p.Namespace {
 			v.add(f+".namespace", "%q must equal the policy namespace %q (cross-namespace references are not allowed)", t.Namespace, p.Namespace)
 		}
-		switch {
-		case t.Kind == "Service" && (t.Group == "" || t.Group == "core"),
-			t.Kind == "ServiceEntry" && t.Group == "networking.istio.io",
-			(t.Kind == "Gateway" || t.Kind == "GatewayClass") && t.Group == "gateway.networking.k8s.io":
-		default:
+		if targetKind(t) == tkUnsupported {
 			v.add(f, "unsupported target group %q kind %q", t.Group, t.Kind)
 		}
 	}
