@@ -77,7 +77,12 @@ func BenchmarkLatency1KiB(b *testing.B) {
 // stream sends n bytes one way on one connection and waits for the
 // server's end, returning the elapsed time.
 func stream(b *testing.B, addr netip.AddrPort, n int64) time.Duration {
-	c := dialFrom(b, ipSleep, addr)
+	return streamFrom(b, ipSleep, addr, n)
+}
+
+// streamFrom is stream from the source address src.
+func streamFrom(b *testing.B, src netip.Addr, addr netip.AddrPort, n int64) time.Duration {
+	c := dialFrom(b, src, addr)
 	defer c.Close()
 	buf := make([]byte, 64<<10)
 	start := time.Now()
@@ -112,6 +117,47 @@ func BenchmarkThroughput(b *testing.B) {
 	b.ReportMetric(mbps(d), "direct-MB/s")
 	b.ReportMetric(mbps(m), "mesh-MB/s")
 	b.ReportMetric(mbps(m)/mbps(d), "mesh/direct")
+}
+
+// BenchmarkThroughputIdleTimeout is BenchmarkThroughput with
+// Config.IdleTimeout set on both proxies, so that the idle watchdog's cost
+// shows: it must leave the relay its fast paths (the tunnel's WriteTo on
+// the HBONE path, splice on the TCP-to-TCP plaintext path). Reports MB/s
+// directly, through the mesh (outbound, HBONE, inbound) and through node
+// B's inbound plaintext listener, all in the same run.
+func BenchmarkThroughputIdleTimeout(b *testing.B) {
+	m := newMesh(b, meshOptions{quietLogs: true, idleTimeout: time.Minute})
+	echoServer(b, apOf(ipEcho, 8080), "")
+	directAddr := apOf(ipEcho, 8080)
+	meshAddr := m.outboundTo(directAddr)
+	plainAddr := m.plaintextTo(directAddr)
+	stream(b, meshAddr, 1<<20)
+	// ipOutside is the source the test policy lets in over plaintext.
+	streamFrom(b, ipOutside, plainAddr, 1<<20)
+	const chunk = 1 << 20
+	b.SetBytes(chunk)
+	n := int64(b.N) * chunk
+	// timed runs one transfer and returns its wall time and the process
+	// CPU it cost (the test's own client and echo server included).
+	timed := func(src netip.Addr, addr netip.AddrPort) (time.Duration, time.Duration) {
+		c0 := cpuTime()
+		wall := streamFrom(b, src, addr, n)
+		return wall, cpuTime() - c0
+	}
+	b.ResetTimer()
+	d, dc := timed(ipOutside, directAddr)
+	h, hc := timed(ipSleep, meshAddr)
+	p, pc := timed(ipOutside, plainAddr)
+	b.StopTimer()
+	mbps := func(t time.Duration) float64 { return float64(n) / t.Seconds() / 1e6 }
+	// CPU-seconds per GB crossing the relay (echoed: 2n bytes).
+	perGB := func(c time.Duration) float64 { return c.Seconds() / (2 * float64(n) / 1e9) }
+	b.ReportMetric(mbps(d), "direct-MB/s")
+	b.ReportMetric(mbps(h), "mesh-MB/s")
+	b.ReportMetric(mbps(p), "plaintext-MB/s")
+	b.ReportMetric(perGB(dc), "direct-CPU-s/GB")
+	b.ReportMetric(perGB(hc), "mesh-CPU-s/GB")
+	b.ReportMetric(perGB(pc), "plaintext-CPU-s/GB")
 }
 
 func cpuTime() time.Duration {
