@@ -103,10 +103,14 @@ type mergeKey struct {
 }
 
 type meshRoute struct {
-	kind    string
-	meta    ObjectMeta
-	port    int
-	routes  []route.HTTPRoute
+	kind   string
+	meta   ObjectMeta
+	port   int
+	routes []route.HTTPRoute
+	// noMatch[i] marks routes[i] as coming from a GRPCRoute rule without
+	// matches: Istio gives it no match at all and sorts it after every
+	// route that has one.
+	noMatch []bool
 	grpc    bool
 	l4      []route.L4Route
 	tls     bool
@@ -159,7 +163,7 @@ func Convert(objs Objects, domain string) ([]route.RouteConfig, error) {
 			port := 0
 			if p.Port != nil {
 				if *p.Port < 1 || *p.Port > 65535 {
-					c.bad(fmt.Sprintf("spec.parentRefs[%d].port", i), "must be in 1..65535")
+					c.bad(fmt.Sprintf("spec.parentRefs[%d].port", i), "must be in 1..65535, got %d", *p.Port)
 				}
 				port = int(*p.Port)
 			}
@@ -181,7 +185,8 @@ func Convert(objs Objects, domain string) ([]route.RouteConfig, error) {
 	for _, r := range objs.GRPCRoutes {
 		c := &conv{domain: domain, obj: "GRPCRoute " + cmp.Or(r.Metadata.Namespace, "default") + "/" + r.Metadata.Name}
 		collect("GRPCRoute", r.Metadata, r.Spec.ParentRefs, c, func(port int) *meshRoute {
-			return &meshRoute{routes: c.grpcRules(r.Metadata, r.Spec.Rules, port), grpc: true}
+			routes, noMatch := c.grpcRules(r.Metadata, r.Spec.Rules, port)
+			return &meshRoute{routes: routes, noMatch: noMatch, grpc: true}
 		})
 		for _, e := range c.errs {
 			errs = multierror.Append(errs, e)
@@ -225,10 +230,16 @@ func Convert(objs Objects, domain string) ([]route.RouteConfig, error) {
 			return a.meta.Name < b.meta.Name
 		})
 		rc := route.RouteConfig{Kind: list[0].kind, Name: list[0].meta.Name, Namespace: k.ns, Created: list[0].created, GatewayAPI: true, Hosts: []string{k.host}}
+		var all []sortable
 		for _, mr := range list {
-			rc.HTTP = append(rc.HTTP, mr.routes...)
+			for i := range mr.routes {
+				all = append(all, sortable{r: mr.routes[i], noMatch: i < len(mr.noMatch) && mr.noMatch[i]})
+			}
 		}
-		sort.SliceStable(rc.HTTP, func(i, j int) bool { return precedes(&rc.HTTP[i], &rc.HTTP[j]) })
+		sort.SliceStable(all, func(i, j int) bool { return precedes(&all[i], &all[j]) })
+		for _, a := range all {
+			rc.HTTP = append(rc.HTTP, a.r)
+		}
 		out = append(out, rc)
 	}
 	return out, nil
@@ -241,6 +252,10 @@ func ptrOr[T any](p *T, d T) T {
 	return *p
 }
 
+// pathRank is Istio's getURIRank: Exact 3 > Prefix 2 > Regex 1 > no URI
+// match -1. Every HTTPRoute match has a path (the CRD defaults it to
+// PathPrefix "/"); a GRPCRoute match without a method has none, so it ranks
+// below every regex.
 func pathRank(m *route.Match) int {
 	switch m.PathKind {
 	case route.PathExact:
@@ -250,11 +265,26 @@ func pathRank(m *route.Match) int {
 	case route.PathRegex:
 		return 1
 	}
-	return 0
+	return -1
 }
 
-// precedes is Istio's sortHTTPRoutes order for one-match routes.
-func precedes(a, b *route.HTTPRoute) bool {
+// sortable is one split route with the flag sortHTTPRoutes looks at first.
+type sortable struct {
+	r       route.HTTPRoute
+	noMatch bool
+}
+
+// precedes is Istio's sortHTTPRoutes order for one-match routes. A route
+// without any match (a GRPCRoute rule without matches and without a parent
+// port) sorts after all others.
+func precedes(x, y *sortable) bool {
+	if x.noMatch {
+		return false
+	}
+	if y.noMatch {
+		return true
+	}
+	a, b := &x.r, &y.r
 	ma, mb := &a.Matches[0], &b.Matches[0]
 	if ra, rb := pathRank(ma), pathRank(mb); ra != rb {
 		return ra > rb
@@ -445,9 +475,12 @@ func (c *conv) rule(f, ns string, filters []HTTPRouteFilter, backends []HTTPBack
 		rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
 		if host, ok := c.svcHost(b.BackendObjectReference, ns); ok {
 			rb.Host = host
-			if b.Port == nil {
+			switch {
+			case b.Port == nil:
 				c.bad(bf+".port", "required when referring to a Service")
-			} else {
+			case *b.Port < 1 || *b.Port > 65535:
+				c.bad(bf+".port", "must be in 1..65535, got %d", *b.Port)
+			default:
 				rb.Port = int(*b.Port)
 			}
 		} else {
@@ -514,11 +547,8 @@ func (c *conv) httpRules(meta ObjectMeta, rules []HTTPRouteRule, port int) []rou
 			}
 			for k, h := range m.Headers {
 				hf := fmt.Sprintf("%s.headers[%d]", mf, k)
-				if h.Name == "" {
-					c.bad(hf+".name", "required")
-				}
-				if slices.ContainsFunc(m.Headers[:k], func(o HTTPHeaderMatch) bool { return strings.EqualFold(o.Name, h.Name) }) {
-					continue // the first match for a header name wins
+				if !c.firstHeader(hf, h.Name, k, func(i int) string { return m.Headers[i].Name }) {
+					continue
 				}
 				rm.Headers = append(rm.Headers, route.HeaderMatch{Name: h.Name, StringMatch: c.valueMatch(hf, h.Type, h.Value)})
 			}
@@ -528,6 +558,8 @@ func (c *conv) httpRules(meta ObjectMeta, rules []HTTPRouteRule, port int) []rou
 					c.bad(qf+".name", "required")
 				}
 				if slices.ContainsFunc(m.QueryParams[:k], func(o HTTPQueryParamMatch) bool { return o.Name == q.Name }) {
+					// The list is keyed by name: the API server rejects a duplicate.
+					c.bad(qf+".name", "duplicate entry for query parameter %q (the list is keyed by name)", q.Name)
 					continue
 				}
 				rm.Query = append(rm.Query, route.QueryMatch{Name: q.Name, StringMatch: c.valueMatch(qf, q.Type, q.Value)})
@@ -607,20 +639,28 @@ func (c *conv) valueMatch(f string, typ *string, v string) route.StringMatch {
 	}
 }
 
-func (c *conv) grpcRules(meta ObjectMeta, rules []GRPCRouteRule, port int) []route.HTTPRoute {
+// grpcRules converts GRPCRoute rules. GRPCRoute has no CRD default for the
+// path: a match without a method has no URI match (it matches every path),
+// and a rule without matches has no match at all; the second result marks
+// those routes for sorting.
+func (c *conv) grpcRules(meta ObjectMeta, rules []GRPCRouteRule, port int) ([]route.HTTPRoute, []bool) {
 	ns := cmp.Or(meta.Namespace, "default")
 	var out []route.HTTPRoute
+	var noMatch []bool
 	for i, r := range rules {
 		f := fmt.Sprintf("spec.rules[%d]", i)
 		base := route.HTTPRoute{Name: ptrOr(r.Name, ""), Field: f}
 		matches := r.Matches
+		// Without a parent port Istio emits the rule with no match; with one
+		// (augmentPortMatch) it gets a match holding only the port.
+		none := len(matches) == 0 && port == 0
 		if len(matches) == 0 {
 			matches = []GRPCRouteMatch{{}}
 		}
 		var ms []route.Match
 		for j, m := range matches {
 			mf := fmt.Sprintf("%s.matches[%d]", f, j)
-			rm := route.Match{Port: port, PathKind: route.PathSegmentPrefix, Path: "/"}
+			rm := route.Match{Port: port}
 			if mm := m.Method; mm != nil {
 				svc, meth := ptrOr(mm.Service, ""), ptrOr(mm.Method, "")
 				switch t := ptrOr(mm.Type, "Exact"); t {
@@ -645,7 +685,11 @@ func (c *conv) grpcRules(meta ObjectMeta, rules []GRPCRouteRule, port int) []rou
 				}
 			}
 			for k, h := range m.Headers {
-				rm.Headers = append(rm.Headers, route.HeaderMatch{Name: h.Name, StringMatch: c.valueMatch(fmt.Sprintf("%s.headers[%d]", mf, k), h.Type, h.Value)})
+				hf := fmt.Sprintf("%s.headers[%d]", mf, k)
+				if !c.firstHeader(hf, h.Name, k, func(i int) string { return m.Headers[i].Name }) {
+					continue
+				}
+				rm.Headers = append(rm.Headers, route.HeaderMatch{Name: h.Name, StringMatch: c.valueMatch(hf, h.Type, h.Value)})
 			}
 			ms = append(ms, rm)
 		}
@@ -655,69 +699,111 @@ func (c *conv) grpcRules(meta ObjectMeta, rules []GRPCRouteRule, port int) []rou
 			rc := base
 			rc.Matches = []route.Match{m}
 			out = append(out, rc)
+			noMatch = append(noMatch, none)
 		}
 	}
-	return out
+	return out, noMatch
+}
+
+// firstHeader applies the Gateway API rules for repeated header matches
+// in one match: the list is a map keyed by name, so the API server rejects
+// an exact duplicate, and of names equal but for case only the first is
+// considered. It reports whether entry k is to be used; name(i) returns the
+// name of entry i.
+func (c *conv) firstHeader(f, n string, k int, name func(int) string) bool {
+	if n == "" {
+		c.bad(f+".name", "required")
+		return false
+	}
+	for i := 0; i < k; i++ {
+		switch o := name(i); {
+		case o == n:
+			c.bad(f+".name", "duplicate entry for header %q (the list is keyed by name)", n)
+			return false
+		case strings.EqualFold(o, n):
+			return false // the first entry with an equivalent name wins
+		}
+	}
+	return true
 }
 
 func (c *conv) l4Route(kind string, meta ObjectMeta, spec L4RouteSpec, tls bool) []route.RouteConfig {
 	ns := cmp.Or(meta.Namespace, "default")
+	if meta.Name == "" {
+		c.bad("metadata.name", "required")
+	}
+	if len(spec.ParentRefs) == 0 {
+		c.bad("spec.parentRefs", "at least one parent is required")
+	}
+	if len(spec.Rules) == 0 {
+		c.bad("spec.rules", "at least one rule is required")
+	}
+	// The rules are validated once; each Service parent gets a copy.
+	rules := make([]route.L4Route, 0, len(spec.Rules))
+	for j, r := range spec.Rules {
+		f := fmt.Sprintf("spec.rules[%d]", j)
+		lr := route.L4Route{Field: f}
+		for k, b := range r.BackendRefs {
+			bf := fmt.Sprintf("%s.backendRefs[%d]", f, k)
+			w := ptrOr(b.Weight, 1)
+			if w < 0 || w > 1000000 {
+				c.bad(bf+".weight", "must be in 0..1000000")
+			}
+			rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
+			if h, ok := c.svcHost(b.BackendObjectReference, ns); ok {
+				rb.Host = h
+				switch {
+				case b.Port == nil:
+					c.bad(bf+".port", "required when referring to a Service")
+				case *b.Port < 1 || *b.Port > 65535:
+					c.bad(bf+".port", "must be in 1..65535, got %d", *b.Port)
+				default:
+					rb.Port = int(*b.Port)
+				}
+			} else {
+				rb.Invalid = true
+			}
+			lr.Backends = append(lr.Backends, rb)
+		}
+		if len(lr.Backends) == 0 {
+			lr.Reject = true
+		}
+		rules = append(rules, lr)
+	}
 	var out []route.RouteConfig
 	for i, p := range spec.ParentRefs {
 		if ptrOr(p.Group, Group) != "" || ptrOr(p.Kind, "Gateway") != "Service" {
 			continue
 		}
+		pf := fmt.Sprintf("spec.parentRefs[%d]", i)
+		if p.Name == "" {
+			c.bad(pf+".name", "required")
+			continue
+		}
 		host := p.Name + "." + ptrOr(p.Namespace, ns) + ".svc." + c.domain
 		port := 0
 		if p.Port != nil {
+			if *p.Port < 1 || *p.Port > 65535 {
+				c.bad(pf+".port", "must be in 1..65535, got %d", *p.Port)
+				continue
+			}
 			port = int(*p.Port)
 		}
-		_ = i
 		rc := route.RouteConfig{Kind: kind, Name: meta.Name, Namespace: ns, Created: meta.CreationTimestamp, GatewayAPI: true, Hosts: []string{host}}
-		for j, r := range spec.Rules {
-			f := fmt.Sprintf("spec.rules[%d]", j)
-			lr := route.L4Route{Field: f, Port: port}
+		for _, r := range rules {
+			lr := r
+			lr.Port = port
 			if tls {
 				lr.SNIHosts = spec.Hostnames
 				if len(lr.SNIHosts) == 0 {
 					lr.SNIHosts = []string{host}
 				}
-			}
-			for k, b := range r.BackendRefs {
-				bf := fmt.Sprintf("%s.backendRefs[%d]", f, k)
-				w := ptrOr(b.Weight, 1)
-				if w < 0 {
-					c.bad(bf+".weight", "must be >= 0")
-				}
-				rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
-				if h, ok := c.svcHost(b.BackendObjectReference, ns); ok {
-					rb.Host = h
-					if b.Port == nil {
-						c.bad(bf+".port", "required when referring to a Service")
-					} else {
-						rb.Port = int(*b.Port)
-					}
-				} else {
-					rb.Invalid = true
-				}
-				lr.Backends = append(lr.Backends, rb)
-			}
-			if len(lr.Backends) == 0 {
-				lr.Reject = true
-			}
-			if tls {
 				rc.TLS = append(rc.TLS, lr)
 			} else {
 				rc.TCP = append(rc.TCP, lr)
 			}
 		}
-		if len(spec.Rules) == 0 {
-			c.bad("spec.rules", "at least one rule is required")
-		}
 		out = append(out, rc)
-	}
-	if len(spec.ParentRefs) == 0 {
-		c.bad("spec.parentRefs", "at least one parent is required")
 	}
 	return out
 }

@@ -119,6 +119,88 @@ spec:
 	}
 }
 
+func TestValidationL4AndDuplicateMatches(t *testing.T) {
+	objs, err := gatewayapi.Decode([]byte(`
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: db, port: 70000}, {group: "", kind: Service, name: ""}]
+  rules: [{backendRefs: [{name: db, port: 0}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: tls, port: 0}]
+  rules: [{backendRefs: [{name: tls, port: 443}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: g}]
+  rules:
+  - matches: [{headers: [{name: x-env, value: a}, {name: x-env, value: b}]}]
+    backendRefs: [{name: g, port: 7070}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: h, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: h}]
+  rules:
+  - matches: [{headers: [{name: x, value: a}, {name: x, value: b}], queryParams: [{name: q, value: a}, {name: q, value: b}]}]
+    backendRefs: [{name: h, port: 80}]
+`))
+	require.NoError(t, err)
+	_, err = gatewayapi.Convert(objs, "")
+	require.Error(t, err)
+	for _, want := range []string{
+		"TCPRoute shop/: metadata.name: required",
+		"TCPRoute shop/: spec.parentRefs[0].port: must be in 1..65535, got 70000",
+		"TCPRoute shop/: spec.parentRefs[1].name: required",
+		"TCPRoute shop/: spec.rules[0].backendRefs[0].port: must be in 1..65535, got 0",
+		"TLSRoute shop/: metadata.name: required",
+		"TLSRoute shop/: spec.parentRefs[0].port: must be in 1..65535, got 0",
+		`GRPCRoute shop/g: spec.rules[0].matches[0].headers[1].name: duplicate entry for header "x-env"`,
+		`HTTPRoute shop/h: spec.rules[0].matches[0].headers[1].name: duplicate entry for header "x"`,
+		`HTTPRoute shop/h: spec.rules[0].matches[0].queryParams[1].name: duplicate entry for query parameter "q"`,
+	} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
+// A GRPCRoute match without a method has no path match: it ranks below
+// every method match (Istio's getURIRank -1), and a rule without matches
+// sorts last.
+func TestGRPCRouteWithoutMethodSortsLast(t *testing.T) {
+	objs, err := gatewayapi.Decode([]byte(`
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: g, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: g}]
+  rules:
+  - backendRefs: [{name: catch-all, port: 7070}]
+  - matches: [{headers: [{name: X-A, value: "1"}, {name: x-a, value: "2"}]}]
+    backendRefs: [{name: header, port: 7070}]
+  - matches: [{method: {method: Check}}]
+    backendRefs: [{name: method, port: 7070}]
+`))
+	require.NoError(t, err)
+	rcs, err := gatewayapi.Convert(objs, "")
+	require.NoError(t, err)
+	require.Len(t, rcs, 1)
+	var got []string
+	for _, hr := range rcs[0].HTTP {
+		got = append(got, hr.Backends[0].Name)
+	}
+	assert.Equal(t, []string{"method", "header", "catch-all"}, got)
+	assert.Equal(t, route.PathAny, rcs[0].HTTP[2].Matches[0].PathKind)
+	assert.Len(t, rcs[0].HTTP[1].Matches[0].Headers, 1, "the later equivalent header name is ignored")
+}
+
 func TestDecodeRejectsUnknownFields(t *testing.T) {
 	_, err := gatewayapi.Decode([]byte("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x}\nspec: {rulez: []}\n"))
 	require.Error(t, err)
