@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // CloseWriter is implemented by connections that can end their write
@@ -37,16 +38,37 @@ const (
 // implements io.WriterTo (other than a socket) copies itself, and a socket
 // copied to a TCP socket is spliced in the kernel.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	return copyCounted(dst, src, nil)
+}
+
+// spliced reports whether Copy moves src to dst with splice(2), where the
+// bytes moved only show when the copy returns.
+func spliced(dst io.Writer, src io.Reader) bool {
+	_, ok := dst.(*net.TCPConn)
+	return ok && isSocket(src)
+}
+
+// copyCounted is Copy that also adds the bytes it moves to progress (if
+// not nil): as they are written, or, when spliced, once the splice
+// returns.
+func copyCounted(dst io.Writer, src io.Reader, progress *atomic.Uint64) (int64, error) {
 	// Sources that hold their data in buffers already (tunnel streams)
 	// hand them over directly. Sockets keep the growing buffer below: their
 	// WriteTo falls back to small fixed copies for non-socket writers.
 	if wt, ok := src.(io.WriterTo); ok && !isSocket(src) {
+		if progress != nil {
+			return wt.WriteTo(countingWriter{dst, progress})
+		}
 		return wt.WriteTo(dst)
 	}
 	// Socket to TCP socket: TCPConn.ReadFrom uses splice(2) on Linux, so
 	// the bytes never enter user space.
-	if tc, ok := dst.(*net.TCPConn); ok && isSocket(src) {
-		return tc.ReadFrom(src)
+	if spliced(dst, src) {
+		n, err := dst.(*net.TCPConn).ReadFrom(src)
+		if progress != nil {
+			progress.Add(uint64(n))
+		}
+		return n, err
 	}
 	size := smallBuf
 	buf := GetBuffer(size)
@@ -57,6 +79,9 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 		if n > 0 {
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
+			if progress != nil {
+				progress.Add(uint64(w))
+			}
 			if werr != nil {
 				return total, werr
 			}
@@ -85,6 +110,19 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	}
 }
 
+// countingWriter adds what it writes to n. It hides nothing a WriteTo
+// source uses: tunnel streams only call Write.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Uint64
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(uint64(n))
+	return n, err
+}
+
 func isSocket(r io.Reader) bool {
 	switch r.(type) {
 	case *net.TCPConn, *net.UnixConn:
@@ -101,6 +139,10 @@ func isSocket(r io.Reader) bool {
 // returns. aToB and bToA count the bytes copied each way; err is the first
 // error other than EOF.
 func Join(a, b net.Conn) (aToB, bToA int64, err error) {
+	return join(a, b, func(dst, src net.Conn, _ int) (int64, error) { return Copy(dst, src) })
+}
+
+func join(a, b net.Conn, copyDir func(dst, src net.Conn, dir int) (int64, error)) (aToB, bToA int64, err error) {
 	var (
 		wg         sync.WaitGroup
 		once       sync.Once
@@ -113,9 +155,9 @@ func Join(a, b net.Conn) (aToB, bToA int64, err error) {
 			b.Close()
 		})
 	}
-	half := func(dst, src net.Conn, n *int64) {
+	half := func(dst, src net.Conn, dir int, n *int64) {
 		defer wg.Done()
-		c, e := Copy(dst, src)
+		c, e := copyDir(dst, src, dir)
 		*n = c
 		if e != nil {
 			fail(e)
@@ -131,8 +173,8 @@ func Join(a, b net.Conn) (aToB, bToA int64, err error) {
 		fail(nil)
 	}
 	wg.Add(2)
-	go half(b, a, &aToB)
-	half(a, b, &bToA)
+	go half(b, a, 0, &aToB)
+	half(a, b, 1, &bToA)
 	wg.Wait()
 	a.Close()
 	b.Close()
