@@ -9,7 +9,7 @@ func (vh *VirtualHost) MatchLinear(req *Request) *Rule {
 	}
 	pnq, rq := splitQuery(path)
 	for _, r := range vh.Rules {
-		if r.Match == nil || r.m.matches(req, path, pnq, rq) {
+		if r.Match == nil || r.m.matches(req, path, pnq, rq, vh.scratch) {
 			return r
 		}
 	}

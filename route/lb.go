@@ -39,6 +39,7 @@ func (t *Table) cluster(from *service, d Destination, policies map[string]*Polic
 		}
 	}
 	c := &Cluster{Destination: d, LB: effectiveLB(pol, sub, d.Port)}
+	c.hashHeader = textproto.CanonicalMIMEHeaderKey(c.LB.Hash.Header)
 	if len(c.LB.Failover) == 0 && (s.TrafficDistribution == "PreferClose" || s.TrafficDistribution == "PreferSameZone") {
 		c.LB.Failover = []string{"network", "region", "zone"}
 	}
@@ -123,6 +124,17 @@ func fnv(s string, h uint64) uint64 {
 
 const fnvOffset = 14695981039346656037
 
+// fnvUnescaped is fnv over the decoded form of a query component.
+func fnvUnescaped(s string, h uint64) uint64 {
+	for i := 0; i < len(s); {
+		b, n := decodeAt(s, i)
+		h ^= uint64(b)
+		h *= 1099511628211
+		i += n
+	}
+	return h
+}
+
 func mix(h uint64) uint64 {
 	h ^= h >> 33
 	h *= 0xff51afd7ed558ccd
@@ -158,10 +170,14 @@ func ringLookup(ring []ringEntry, h uint64) int {
 	return ring[i].ep
 }
 
-func hashRequest(k HashKey, req *Request) (uint64, bool) {
+// hashRequest computes the consistent-hash key of req for the cluster's
+// hash policy; ok is false when the request lacks the key. It does not
+// allocate: the header name was canonicalised when the cluster was built.
+func (c *Cluster) hashRequest(req *Request) (uint64, bool) {
+	k := &c.LB.Hash
 	switch {
 	case k.Header != "":
-		v, ok := req.Header[textproto.CanonicalMIMEHeaderKey(k.Header)]
+		v, ok := req.Header[c.hashHeader]
 		if !ok || len(v) == 0 {
 			return 0, false
 		}
@@ -189,7 +205,7 @@ func hashRequest(k HashKey, req *Request) (uint64, bool) {
 		if !ok {
 			return 0, false
 		}
-		return mix(fnv(v, fnvOffset)), true
+		return mix(fnvUnescaped(v, fnvOffset)), true
 	}
 	return 0, false
 }

@@ -6,8 +6,8 @@ import (
 	"net/textproto"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
+	"sync"
 )
 
 // ---- matching ----
@@ -116,7 +116,7 @@ func splitQuery(p string) (path, query string) {
 	return p, ""
 }
 
-func (c *cmatch) matches(req *Request, path, pathNoQuery, rawQuery string) bool {
+func (c *cmatch) matches(req *Request, path, pathNoQuery, rawQuery string, sc *scratch) bool {
 	switch c.pathKind {
 	case PathExact:
 		if c.lower {
@@ -158,14 +158,6 @@ func (c *cmatch) matches(req *Request, path, pathNoQuery, rawQuery string) bool 
 	for i := range c.headers {
 		h := &c.headers[i]
 		vals, ok := req.Header[h.name]
-		var v string
-		switch len(vals) {
-		case 0:
-		case 1:
-			v = vals[0]
-		default:
-			v = strings.Join(vals, ",")
-		}
 		if h.invert {
 			if h.kind == Present {
 				if ok {
@@ -173,19 +165,19 @@ func (c *cmatch) matches(req *Request, path, pathNoQuery, rawQuery string) bool 
 				}
 				continue
 			}
-			if h.match(v) {
+			if h.matchValues(vals, sc) {
 				return false
 			}
 			continue
 		}
-		if !ok || !h.match(v) {
+		if !ok || !h.matchValues(vals, sc) {
 			return false
 		}
 	}
 	for i := range c.query {
 		q := &c.query[i]
 		v, ok := queryValue(rawQuery, q.name)
-		if !ok || !q.match(v) {
+		if !ok || !q.matchEscaped(v, sc) {
 			return false
 		}
 	}
@@ -202,7 +194,9 @@ func segmentPrefix(p, prefix string) bool {
 	return len(p) == len(prefix) || p[len(prefix)] == '/'
 }
 
-// queryValue returns the first value of key in a raw query string.
+// queryValue returns the first value of key in a raw query string, still
+// escaped: keys are compared decoded ("%"-escapes and "+" for space) without
+// building strings, and the caller decodes the value only if it must.
 func queryValue(raw, key string) (string, bool) {
 	for raw != "" {
 		var kv string
@@ -215,38 +209,204 @@ func queryValue(raw, key string) (string, bool) {
 			continue
 		}
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.ContainsAny(k, "%+") {
-			k = unescape(k)
+		if escapedEqual(k, key) {
+			return v, true
 		}
-		if k != key {
-			continue
-		}
-		if strings.ContainsAny(v, "%+") {
-			v = unescape(v)
-		}
-		return v, true
 	}
 	return "", false
 }
 
-func unescape(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c == '+':
-			b.WriteByte(' ')
-		case c == '%' && i+2 < len(s):
-			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 2
-			} else {
-				b.WriteByte(c)
-			}
-		default:
-			b.WriteByte(c)
-		}
+// needsDecode reports whether a query component contains escapes.
+func needsDecode(s string) bool { return strings.ContainsAny(s, "%+") }
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
 	}
-	return b.String()
+	return 0, false
+}
+
+// decodeAt decodes the byte of a query component at s[i]: "+" is a space,
+// "%XY" a hex-encoded byte; a malformed escape stands for itself. It
+// returns the byte and how many bytes of s it used.
+func decodeAt(s string, i int) (byte, int) {
+	switch c := s[i]; c {
+	case '+':
+		return ' ', 1
+	case '%':
+		if i+2 < len(s) {
+			hi, ok1 := unhex(s[i+1])
+			lo, ok2 := unhex(s[i+2])
+			if ok1 && ok2 {
+				return hi<<4 | lo, 3
+			}
+		}
+		return c, 1
+	default:
+		return c, 1
+	}
+}
+
+// escapedHasPrefix reports whether the decoded form of the query component
+// s starts with prefix, without allocating. escapedEqual is the exact form.
+func escapedHasPrefix(s, prefix string) bool {
+	j := 0
+	for i := 0; i < len(s) && j < len(prefix); {
+		b, n := decodeAt(s, i)
+		if b != prefix[j] {
+			return false
+		}
+		i += n
+		j++
+	}
+	return j == len(prefix)
+}
+
+func escapedEqual(s, want string) bool {
+	if !needsDecode(s) {
+		return s == want
+	}
+	j := 0
+	for i := 0; i < len(s); {
+		b, n := decodeAt(s, i)
+		if j >= len(want) || b != want[j] {
+			return false
+		}
+		i += n
+		j++
+	}
+	return j == len(want)
+}
+
+// appendUnescaped appends the decoded form of the query component s.
+func appendUnescaped(b []byte, s string) []byte {
+	for i := 0; i < len(s); {
+		c, n := decodeAt(s, i)
+		b = append(b, c)
+		i += n
+	}
+	return b
+}
+
+// matchEscaped matches a raw (escaped) query value by its decoded form.
+// Only a regular expression needs the decoded bytes; they are built in a
+// pooled buffer.
+func (c *cstring) matchEscaped(raw string, sc *scratch) bool {
+	if !needsDecode(raw) {
+		return c.match(raw)
+	}
+	switch c.kind {
+	case Present:
+		return true
+	case Exact:
+		return escapedEqual(raw, c.value)
+	case Prefix:
+		return escapedHasPrefix(raw, c.value)
+	case Regex:
+		b := sc.get()
+		*b = appendUnescaped((*b)[:0], raw)
+		ok := c.re.Match(*b)
+		sc.put(b)
+		return ok
+	}
+	return false
+}
+
+// matchValues matches the values of a header as Envoy sees a repeated
+// header: joined with ",". The joined form is compared piecewise; only a
+// regular expression needs it built, in a pooled buffer.
+func (c *cstring) matchValues(vals []string, sc *scratch) bool {
+	switch len(vals) {
+	case 0:
+		return c.match("")
+	case 1:
+		return c.match(vals[0])
+	}
+	switch c.kind {
+	case Present:
+		return true
+	case Exact:
+		return joinedEqual(vals, c.value)
+	case Prefix:
+		return joinedHasPrefix(vals, c.value)
+	case Regex:
+		b := sc.get()
+		*b = appendJoined((*b)[:0], vals)
+		ok := c.re.Match(*b)
+		sc.put(b)
+		return ok
+	}
+	return false
+}
+
+func joinedLen(vals []string) int {
+	n := len(vals) - 1
+	for _, v := range vals {
+		n += len(v)
+	}
+	return n
+}
+
+func joinedHasPrefix(vals []string, prefix string) bool {
+	if joinedLen(vals) < len(prefix) {
+		return false
+	}
+	for i, v := range vals {
+		if i > 0 {
+			if prefix == "" {
+				return true
+			}
+			if prefix[0] != ',' {
+				return false
+			}
+			prefix = prefix[1:]
+		}
+		if len(prefix) <= len(v) {
+			return strings.HasPrefix(v, prefix)
+		}
+		if prefix[:len(v)] != v {
+			return false
+		}
+		prefix = prefix[len(v):]
+	}
+	return prefix == ""
+}
+
+func joinedEqual(vals []string, s string) bool {
+	return joinedLen(vals) == len(s) && joinedHasPrefix(vals, s)
+}
+
+func appendJoined(b []byte, vals []string) []byte {
+	for i, v := range vals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, v...)
+	}
+	return b
+}
+
+// scratch pools byte buffers for the few matches that need a decoded or
+// joined value as bytes (regular expressions). Each Table owns one.
+type scratch struct{ p sync.Pool }
+
+func (s *scratch) get() *[]byte {
+	if b, ok := s.p.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, 256)
+	return &b
+}
+
+func (s *scratch) put(b *[]byte) {
+	if cap(*b) <= 64<<10 {
+		s.p.Put(b)
+	}
 }
 
 // pathIndex narrows the rules a path can match: literal exact and prefix
@@ -330,7 +490,7 @@ func (vh *VirtualHost) Match(req *Request) *Rule {
 	pnq, rq := splitQuery(path)
 	if !vh.index.useIndex {
 		for _, r := range vh.Rules {
-			if r.Match == nil || r.m.matches(req, path, pnq, rq) {
+			if r.Match == nil || r.m.matches(req, path, pnq, rq, vh.scratch) {
 				return r
 			}
 		}
@@ -343,7 +503,7 @@ func (vh *VirtualHost) Match(req *Request) *Rule {
 				return
 			}
 			r := vh.Rules[id]
-			if r.Match == nil || r.m.matches(req, path, pnq, rq) {
+			if r.Match == nil || r.m.matches(req, path, pnq, rq, vh.scratch) {
 				best = id
 				return
 			}
@@ -356,13 +516,17 @@ func (vh *VirtualHost) Match(req *Request) *Rule {
 		if !ok {
 			continue
 		}
-		v := ""
 		if len(vals) == 1 {
-			v = vals[0]
-		} else {
-			v = strings.Join(vals, ",")
+			if l, ok := ix.hdr[name][vals[0]]; ok {
+				try(l)
+			}
+			continue
 		}
-		if l, ok := ix.hdr[name][v]; ok {
+		b := vh.scratch.get()
+		*b = appendJoined((*b)[:0], vals)
+		l, ok := ix.hdr[name][string(*b)] // no allocation for a map lookup
+		vh.scratch.put(b)
+		if ok {
 			try(l)
 		}
 	}

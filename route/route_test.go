@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -208,14 +209,106 @@ func BenchmarkPickParallel(b *testing.B) {
 }
 
 func TestPickDoesNotAllocate(t *testing.T) {
-	tbl := bigTable(t, 999)
-	req := &route.Request{Host: "reviews.default.svc.cluster.local", Port: 9080, Path: "/target/x?q=1", Header: map[string][]string{"X-User": {"jason"}}}
-	r := rand.New(rand.NewPCG(1, 2))
-	allocs := testing.AllocsPerRun(200, func() {
-		res := tbl.Pick(req, r)
-		res.Done()
-	})
-	assert.Zero(t, allocs)
+	const host = "reviews.default.svc.cluster.local"
+	hdr := func(name string, kind route.StringKind, v string) route.HeaderMatch {
+		return route.HeaderMatch{Name: name, StringMatch: route.StringMatch{Kind: kind, Value: v}}
+	}
+	query := func(name string, kind route.StringKind, v string) route.QueryMatch {
+		return route.QueryMatch{Name: name, StringMatch: route.StringMatch{Kind: kind, Value: v}}
+	}
+	// withRule replaces the route of reviewsConfig(80, 20) with one rule:
+	// the match m, the given mutation, and a catch-all 404 behind it so a
+	// non-matching request is noticed.
+	withRule := func(m *route.Match, mut func(*route.HTTPRoute), lb *route.LB) *route.Table {
+		cfg := reviewsConfig(80, 20)
+		hr := &cfg.Routes[0].HTTP[0]
+		if m != nil {
+			hr.Matches = []route.Match{*m}
+		}
+		if mut != nil {
+			mut(hr)
+		}
+		cfg.Policies[0].Policy.LB = lb
+		tbl, err := route.Build(cfg)
+		require.NoError(t, err)
+		return tbl
+	}
+	hashOn := func(k route.HashKey) *route.LB { return &route.LB{Kind: route.ConsistentHash, Hash: k} }
+	tests := []struct {
+		name string
+		tbl  *route.Table
+		req  route.Request
+		// want checks the result once before counting allocations.
+		want route.Kind
+	}{
+		{"1000 routes", bigTable(t, 999), route.Request{Path: "/target/x?q=1", Header: map[string][]string{"X-User": {"jason"}}}, route.Forward},
+		{"hash on header", withRule(nil, nil, hashOn(route.HashKey{Header: "x-user"})),
+			route.Request{Header: map[string][]string{"X-User": {"jason"}}}, route.Forward},
+		{"hash on cookie", withRule(nil, nil, hashOn(route.HashKey{Cookie: "session"})),
+			route.Request{Header: map[string][]string{"Cookie": {"a=1; session=abc; b=2"}}}, route.Forward},
+		{"hash on escaped query parameter", withRule(nil, nil, hashOn(route.HashKey{Query: "user id"})),
+			route.Request{Path: "/p?user+id=j%C3%A4son&x=1"}, route.Forward},
+		{"hash on source IP", withRule(nil, nil, hashOn(route.HashKey{SourceIP: true})),
+			route.Request{SourceIP: "10.9.9.9"}, route.Forward},
+		{"mirrors", withRule(nil, func(hr *route.HTTPRoute) {
+			hr.Mirrors = []route.Mirror{{Host: host, Subset: "v2", PerMillion: 500000}, {Host: host, Subset: "v1", PerMillion: 1000000}}
+		}, nil), route.Request{}, route.Forward},
+		{"fault delay", withRule(nil, func(hr *route.HTTPRoute) {
+			hr.Fault = &route.Fault{Delay: time.Second, DelayPerMillion: 1000000}
+		}, nil), route.Request{}, route.Forward},
+		{"fault abort", withRule(nil, func(hr *route.HTTPRoute) {
+			hr.Fault = &route.Fault{HasAbort: true, AbortStatus: 503, AbortPerMillion: 1000000}
+		}, nil), route.Request{}, route.Local},
+		{"regex path", withRule(&route.Match{PathKind: route.PathRegex, Path: "/api/v[0-9]+/items/.*"}, nil, nil),
+			route.Request{Path: "/api/v2/items/42?x=1"}, route.Forward},
+		{"escaped query exact", withRule(&route.Match{Query: []route.QueryMatch{query("q", route.Exact, "a b/c")}}, nil, nil),
+			route.Request{Path: "/?q=a+b%2Fc"}, route.Forward},
+		{"escaped query prefix", withRule(&route.Match{Query: []route.QueryMatch{query("na me", route.Prefix, "jä")}}, nil, nil),
+			route.Request{Path: "/?na%20me=j%C3%A4son"}, route.Forward},
+		{"escaped query regex", withRule(&route.Match{Query: []route.QueryMatch{query("q", route.Regex, "[a-z]+ [0-9]+")}}, nil, nil),
+			route.Request{Path: "/?q=abc%2042"}, route.Forward},
+		{"repeated header exact", withRule(&route.Match{Headers: []route.HeaderMatch{hdr("x-tag", route.Exact, "a,b")}}, nil, nil),
+			route.Request{Header: map[string][]string{"X-Tag": {"a", "b"}}}, route.Forward},
+		{"repeated header regex", withRule(&route.Match{Headers: []route.HeaderMatch{hdr("x-tag", route.Regex, "a,[b-c]")}}, nil, nil),
+			route.Request{Header: map[string][]string{"X-Tag": {"a", "c"}}}, route.Forward},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := tc.req
+			req.Host, req.Port = host, 9080
+			r := rand.New(rand.NewPCG(1, 2))
+			res := tc.tbl.Pick(&req, r)
+			require.Equal(t, tc.want, res.Kind, "%+v", res)
+			res.Done()
+			allocs := testing.AllocsPerRun(200, func() {
+				res := tc.tbl.Pick(&req, r)
+				res.Done()
+			})
+			assert.Zero(t, allocs)
+		})
+	}
+}
+
+// The header index also serves repeated headers (joined with ",").
+func TestIndexedRepeatedHeader(t *testing.T) {
+	cfg := reviewsConfig(1)
+	hr := cfg.Routes[0].HTTP[0]
+	var rules []route.HTTPRoute
+	for i := range 40 {
+		r := hr
+		r.Matches = []route.Match{{Headers: []route.HeaderMatch{{Name: "x-tenant", StringMatch: route.StringMatch{Kind: route.Exact, Value: fmt.Sprintf("t%d,eu", i)}}}}}
+		rules = append(rules, r)
+	}
+	cfg.Routes[0].HTTP = rules
+	tbl, err := route.Build(cfg)
+	require.NoError(t, err)
+	vh := tbl.VirtualHost("reviews.default.svc.cluster.local", 9080)
+	req := &route.Request{Host: "reviews.default.svc.cluster.local", Port: 9080, Header: map[string][]string{"X-Tenant": {"t17", "eu"}}}
+	got := vh.Match(req)
+	require.NotNil(t, got)
+	assert.Same(t, vh.Rules[17], got)
+	assert.Same(t, vh.MatchLinear(req), got)
+	assert.Zero(t, testing.AllocsPerRun(100, func() { vh.Match(req) }))
 }
 
 func FuzzMatch(f *testing.F) {

@@ -32,6 +32,7 @@ type Table struct {
 	vips     map[string]*service
 	pods     map[string]*Endpoint
 	vhosts   map[hostPort]*VirtualHost
+	scratch  scratch
 }
 
 type hostPort struct {
@@ -69,9 +70,11 @@ type Cluster struct {
 	// Endpoints are the healthy endpoints selected (best locality first).
 	Endpoints []*Endpoint
 	LB        LB
-	ring      []ringEntry
-	rr        atomic.Uint64
-	active    []atomic.Int64
+	// hashHeader is LB.Hash.Header in canonical form (as Request.Header keys).
+	hashHeader string
+	ring       []ringEntry
+	rr         atomic.Uint64
+	active     []atomic.Int64
 }
 
 // VirtualHost is the compiled routing for one (Service, port).
@@ -84,10 +87,11 @@ type VirtualHost struct {
 	// request gets 404.
 	Configured bool
 	// Rules are the emitted routes, one per match block, in match order.
-	Rules []*Rule
-	L4    []*L4Rule
-	def   *Cluster
-	index pathIndex
+	Rules   []*Rule
+	L4      []*L4Rule
+	def     *Cluster
+	index   pathIndex
+	scratch *scratch
 }
 
 // Rule is one compiled route: a single match block of an HTTPRoute.
@@ -104,7 +108,6 @@ type Rule struct {
 	backends   Weighted[int]
 	clusters   []*Cluster // per Route.Backends index; nil = missing
 	mirrors    []*Cluster
-	hash       []HashKey // per backend
 	rewriteRE  *regexp.Regexp
 	rewriteSub string
 }
@@ -235,7 +238,7 @@ func Build(cfg Config) (*Table, error) {
 			return a.Namespace < b.Namespace
 		})
 		for _, p := range s.Ports {
-			vh := &VirtualHost{Service: s.Host, Port: p.Port, Protocol: portProtocol(p)}
+			vh := &VirtualHost{Service: s.Host, Port: p.Port, Protocol: portProtocol(p), scratch: &t.scratch}
 			vh.def = t.cluster(s, Destination{Host: s.Host, Port: p.Port}, policies, cfg.WaypointLocality)
 			for _, rc := range applicable {
 				origin := rc.Kind + " " + rc.Namespace + "/" + rc.Name
@@ -425,14 +428,9 @@ func (t *Table) rule(s *service, port int, hr *HTTPRoute, m *Match, origin strin
 	idx := make([]int, 0, len(hr.Backends))
 	weights := make([]uint32, 0, len(hr.Backends))
 	r.clusters = make([]*Cluster, len(hr.Backends))
-	r.hash = make([]HashKey, len(hr.Backends))
 	for i, b := range hr.Backends {
 		if !b.Invalid {
-			c := t.cluster(s, Destination{Host: b.Host, Subset: b.Subset, Port: t.destPort(b, port)}, policies, wl)
-			r.clusters[i] = c
-			if c != nil {
-				r.hash[i] = c.LB.Hash
-			}
+			r.clusters[i] = t.cluster(s, Destination{Host: b.Host, Subset: b.Subset, Port: t.destPort(b, port)}, policies, wl)
 		}
 		w := b.Weight
 		if len(hr.Backends) == 1 && !gw {
@@ -642,7 +640,7 @@ func (t *Table) Pick(req *Request, r Rand) Result {
 	}
 	res := Result{Via: vh, Waypoint: true, slot: -1}
 	if !vh.Configured {
-		return pickEndpoint(res, vh.def, HashKey{}, req, r)
+		return pickEndpoint(res, vh.def, false, req, r)
 	}
 	rule := vh.Match(req)
 	if rule == nil {
@@ -694,13 +692,13 @@ func (t *Table) Pick(req *Request, r Rand) Result {
 		res.Kind, res.Reason, res.Status = Local, ReasonNoCluster, cmp.Or(hr.MissingBackendStatus, 503)
 		return res
 	}
-	return pickEndpoint(res, c, rule.hash[bi], req, r)
+	return pickEndpoint(res, c, true, req, r)
 }
 
 func (t *Table) pickL4(vh *VirtualHost, req *Request, r Rand) Result {
 	res := Result{Via: vh, Waypoint: true, slot: -1, Backend: -1}
 	if len(vh.L4) == 0 {
-		return pickEndpoint(res, vh.def, HashKey{}, req, r)
+		return pickEndpoint(res, vh.def, false, req, r)
 	}
 	lr := vh.L4[0]
 	res.L4Rule = lr
@@ -720,10 +718,12 @@ func (t *Table) pickL4(vh *VirtualHost, req *Request, r Rand) Result {
 		res.Kind, res.Reason = Refused, ReasonNoCluster
 		return res
 	}
-	return pickEndpoint(res, c, c.LB.Hash, req, r)
+	return pickEndpoint(res, c, true, req, r)
 }
 
-func pickEndpoint(res Result, c *Cluster, hash HashKey, req *Request, r Rand) Result {
+// pickEndpoint chooses an endpoint of c. useHash is false on the default
+// route (no route configuration), which carries no hash policy.
+func pickEndpoint(res Result, c *Cluster, useHash bool, req *Request, r Rand) Result {
 	res.Cluster = c
 	n := len(c.Endpoints)
 	if n == 0 {
@@ -737,7 +737,7 @@ func pickEndpoint(res Result, c *Cluster, hash HashKey, req *Request, r Rand) Re
 	idx := -1
 	switch c.LB.Kind {
 	case ConsistentHash:
-		if h, ok := hashRequest(hash, req); ok {
+		if h, ok := c.hashRequest(req); useHash && ok {
 			idx = ringLookup(c.ring, h)
 		} else {
 			idx = int(r.Uint64() % uint64(n))
