@@ -9,6 +9,10 @@ import (
 	"github.com/hashicorp/go-multierror"
 )
 
+// DryRunField is the field path of the istio.io/dry-run annotation in
+// errors about Policy.DryRun.
+const DryRunField = `metadata.annotations["istio.io/dry-run"]`
+
 // ErrInvalidPolicy is wrapped by every *PolicyError.
 var ErrInvalidPolicy = errors.New("authz: invalid policy")
 
@@ -104,11 +108,18 @@ func validPort(v string) bool {
 func Validate(p *Policy) error {
 	v := &validator{p: p}
 	if p.Err != nil {
-		var pe *PolicyError
-		if errors.As(p.Err, &pe) {
-			v.err = multierror.Append(v.err, pe)
-		} else {
-			v.add("", "%v", p.Err)
+		causes := []error{p.Err}
+		var me *multierror.Error
+		if errors.As(p.Err, &me) {
+			causes = me.Errors
+		}
+		for _, c := range causes {
+			var pe *PolicyError
+			if errors.As(c, &pe) {
+				v.err = multierror.Append(v.err, pe)
+			} else {
+				v.add("", "%v", c)
+			}
 		}
 	}
 	if p.Namespace == "" {
@@ -161,6 +172,9 @@ func Validate(p *Policy) error {
 	case Allow, Deny, Audit, Custom:
 	default:
 		v.add("spec.action", "unknown action %d", p.Action)
+	}
+	if p.DryRun && p.Action != Allow && p.Action != Deny {
+		v.add(DryRunField, "is only supported for action ALLOW or DENY, not %s", p.Action)
 	}
 	if p.Action == Custom {
 		if p.Provider == "" {

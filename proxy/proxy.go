@@ -37,6 +37,9 @@ var (
 	// ErrSelfConnect: a connection's destination is the proxy's own
 	// listener (the traffic was not redirected).
 	ErrSelfConnect = errors.New("proxy: connection addressed to the proxy itself")
+	// ErrIdleTimeout: a relayed connection was closed because no byte
+	// moved for Config.IdleTimeout (ConnInfo.Err; logged at Info).
+	ErrIdleTimeout = errors.New("proxy: connection idle timeout")
 	// ErrProxyClosed is returned by Serve methods after Shutdown or Close.
 	ErrProxyClosed = errors.New("proxy: closed")
 )
@@ -703,7 +706,7 @@ func (p *Proxy) complete(info *ConnInfo) {
 		info.Err = nil
 	}
 	level := slog.LevelInfo
-	if info.Err != nil {
+	if info.Err != nil && !errors.Is(info.Err, ErrIdleTimeout) {
 		level = slog.LevelError
 	}
 	ctx := context.Background()

@@ -1,16 +1,16 @@
 package istio
 
 import (
-	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/hashicorp/go-multierror"
 	"google.golang.org/protobuf/encoding/protojson"
 	secv1beta1 "istio.io/api/security/v1beta1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/meshblocks/meshblocks/authz"
 	authzcel "github.com/meshblocks/meshblocks/authz/cel"
@@ -33,39 +33,35 @@ type Options struct {
 	CEL *authzcel.Compiler
 }
 
-type object struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Metadata   struct {
-		Name        string            `json:"name"`
-		Namespace   string            `json:"namespace"`
-		Annotations map[string]string `json:"annotations"`
-	} `json:"metadata"`
-	Spec  json.RawMessage   `json:"spec"`
-	Items []json.RawMessage `json:"items"`
-}
-
 // SplitDocuments splits multi-document YAML at "---" separator lines.
 func SplitDocuments(data []byte) [][]byte { return yamldoc.Split(data) }
 
 // Parse decodes multi-document YAML as kubectl would apply it and converts
 // every security.istio.io v1/v1beta1 AuthorizationPolicy. Documents of other
 // kinds are skipped (a v1 List is expanded). It returns every policy it could
-// identify (a policy that failed to decode or convert is returned with Err
-// set, so that an engine fails closed over its scope) and, separately, an
-// aggregate of all errors.
+// attribute to a namespace and, separately, an aggregate of all errors:
+//
+//   - a policy that fails to decode, validate or convert is returned with
+//     Err set, so that an engine fails closed over its scope; its errors are
+//     *authz.PolicyError values naming the field in the user's YAML (for
+//     example `spec.rules[0].from[1].source.principals[0]: must be a
+//     string, got number 7`), and decoding errors also wrap ErrDecode;
+//   - a document that cannot be read as an object at all yields no policy,
+//     only a *DocumentError: it cannot be attributed to any scope, so a
+//     caller that enforces must treat it as fatal rather than run without
+//     the policy.
 func Parse(data []byte, opts Options) ([]authz.Policy, error) {
 	var errs *multierror.Error
 	var out []authz.Policy
-	for i, doc := range SplitDocuments(data) {
-		js, err := yaml.YAMLToJSON(doc)
+	for i, d := range documents(data) {
+		v, err := decodeDocument(d.body)
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("%w: document %d: %w", ErrDecode, i, err))
+			errs = multierror.Append(errs, &DocumentError{Doc: i, Line: d.line, Err: shiftLines(err, d.line)})
 			continue
 		}
-		ps, err := parseJSON(js, &opts)
+		ps, err := parseValue(v, &opts, &DocumentError{Doc: i, Line: d.line})
 		if err != nil {
-			errs = multierror.Append(errs, err) // already names namespace/name and field
+			errs = multierror.Append(errs, err) // names namespace/name and field, or the document
 		}
 		out = append(out, ps...)
 	}
@@ -96,21 +92,43 @@ func lastWins[T any](items []T, key func(*T) [2]string) []T {
 	return out
 }
 
-func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
-	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
+// docErr returns a *DocumentError for the document or List item at.
+func docErr(at *DocumentError, format string, args ...any) error {
+	e := *at
+	e.Err = fmt.Errorf(format, args...)
+	return &e
+}
+
+// parseValue converts one decoded document or List item.
+func parseValue(v any, opts *Options, at *DocumentError) ([]authz.Policy, error) {
+	if v == nil {
 		return nil, nil
 	}
-	var o object
-	if err := json.Unmarshal(js, &o); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrDecode, err)
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, docErr(at, "an object must be a mapping, got %s", describe(v))
 	}
-	if o.Kind == "List" {
+	kind, kindOK := obj["kind"].(string)
+	apiVersion, apiOK := obj["apiVersion"].(string)
+	if (!kindOK && obj["kind"] != nil) || (!apiOK && obj["apiVersion"] != nil) {
+		return nil, docErr(at, "kind and apiVersion must be strings, got %s and %s", describe(obj["kind"]), describe(obj["apiVersion"]))
+	}
+	if kind == "List" {
+		items, ok := obj["items"].([]any)
+		if !ok && obj["items"] != nil {
+			return nil, docErr(at, "items: must be a list, got %s", describe(obj["items"]))
+		}
 		var errs *multierror.Error
 		var out []authz.Policy
-		for i, it := range o.Items {
-			ps, err := parseJSON(it, opts)
+		for i, it := range items {
+			item := *at
+			item.Item = fmt.Sprintf("items[%d]", i)
+			if at.Item != "" {
+				item.Item = at.Item + "." + item.Item
+			}
+			ps, err := parseValue(it, opts, &item)
 			if err != nil {
-				errs = multierror.Append(errs, fmt.Errorf("istio: items[%d]: %w", i, err))
+				errs = multierror.Append(errs, err)
 			}
 			out = append(out, ps...)
 		}
@@ -120,83 +138,170 @@ func parseJSON(js []byte, opts *Options) ([]authz.Policy, error) {
 		errs.ErrorFormat = authz.ListFormat
 		return out, errs
 	}
-	group, _, _ := strings.Cut(o.APIVersion, "/")
-	if o.Kind != "AuthorizationPolicy" || group != "security.istio.io" {
+	group, _, _ := strings.Cut(apiVersion, "/")
+	if kind != "AuthorizationPolicy" || group != "security.istio.io" {
 		return nil, nil
 	}
-	p, err := convertObject(&o, opts)
-	return []authz.Policy{p}, err
+	p, err := convertObject(obj, apiVersion, opts, at)
+	if p == nil {
+		return nil, err
+	}
+	return []authz.Policy{*p}, err
 }
 
-func convertObject(o *object, opts *Options) (authz.Policy, error) {
-	ns := o.Metadata.Namespace
+// dryRunField is the field path of the dry-run annotation in errors.
+var dryRunField = authz.DryRunField
+
+// convertObject converts one AuthorizationPolicy. It returns a nil policy
+// (and a *DocumentError) only when the object's namespace cannot be read.
+func convertObject(obj map[string]any, apiVersion string, opts *Options, at *DocumentError) (*authz.Policy, error) {
+	meta, ok := obj["metadata"].(map[string]any)
+	if !ok && obj["metadata"] != nil {
+		return nil, docErr(at, "metadata: must be a mapping, got %s", describe(obj["metadata"]))
+	}
+	ns, ok := meta["namespace"].(string)
+	if !ok && meta["namespace"] != nil {
+		return nil, docErr(at, "metadata.namespace: must be a string, got %s", describe(meta["namespace"]))
+	}
 	if ns == "" {
-		ns = opts.DefaultNamespace
-		if ns == "" {
-			ns = "default"
+		ns = cmp.Or(opts.DefaultNamespace, "default")
+	}
+	var pre []error // problems found before authz.Validate
+	bad := func(field string, cause error, format string, args ...any) {
+		pre = append(pre, &authz.PolicyError{Field: field, Msg: fmt.Sprintf(format, args...), Err: cause})
+	}
+	name, ok := meta["name"].(string)
+	if !ok && meta["name"] != nil {
+		bad("metadata.name", ErrDecode, "must be a string, got %s", describe(meta["name"]))
+	}
+	annotations := map[string]string{}
+	switch a := meta["annotations"].(type) {
+	case nil:
+	case map[string]any:
+		for k, v := range a {
+			s, ok := v.(string)
+			if !ok {
+				bad("metadata.annotations["+strconv.Quote(k)+"]", ErrDecode, "must be a string, got %s", describe(v))
+				continue
+			}
+			annotations[k] = s
+		}
+	default:
+		bad("metadata.annotations", ErrDecode, "must be a mapping, got %s", describe(a))
+	}
+	finish := func(p *authz.Policy) (*authz.Policy, error) {
+		p.Namespace, p.Name = ns, name
+		for _, e := range pre {
+			pe := e.(*authz.PolicyError)
+			pe.Namespace, pe.Name = ns, name
+		}
+		if len(pre) > 0 {
+			p.Err = aggregate(pre)
+		}
+		return p, authz.Validate(p)
+	}
+	if apiVersion != "security.istio.io/v1" && apiVersion != "security.istio.io/v1beta1" {
+		bad("apiVersion", ErrDecode, "unsupported apiVersion %q (want security.istio.io/v1 or v1beta1)", apiVersion)
+		return finish(&authz.Policy{})
+	}
+	spec, specErrs := decodeSpec(obj["spec"])
+	for _, fe := range specErrs {
+		bad(fe.path, ErrDecode, "%s", fe.msg)
+	}
+	if spec == nil {
+		// Attachment and action unknown: the engine fails closed over the
+		// whole namespace.
+		return finish(&authz.Policy{})
+	}
+	p := Convert(ns, name, spec)
+	for _, fe := range emptyLists(obj["spec"]) {
+		bad(fe.path, nil, "%s", fe.msg)
+	}
+	if v, ok := annotations[DryRunAnnotation]; ok {
+		// Istio's admission: the annotation is only for ALLOW and DENY, and
+		// its value must parse with strconv.ParseBool, as istiod reads it.
+		switch p.Action {
+		case authz.Allow, authz.Deny:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				bad(dryRunField, err, "%q is not a boolean (use \"true\" or \"false\")", v)
+			}
+			p.DryRun = b
+		default:
+			bad(dryRunField, nil, "is only supported for action ALLOW or DENY, not %s", p.Action)
 		}
 	}
-	fail := func(field string, err error) (authz.Policy, error) {
-		pe := &authz.PolicyError{Namespace: ns, Name: o.Metadata.Name, Field: field, Msg: err.Error(), Err: err}
-		return authz.Policy{Namespace: ns, Name: o.Metadata.Name, Err: pe}, pe
-	}
-	if o.APIVersion != "security.istio.io/v1" && o.APIVersion != "security.istio.io/v1beta1" {
-		return fail("apiVersion", fmt.Errorf("%w: unsupported apiVersion %q", ErrDecode, o.APIVersion))
-	}
-	spec := &secv1beta1.AuthorizationPolicy{}
-	if len(o.Spec) > 0 && !bytes.Equal(o.Spec, []byte("null")) {
-		if err := protojson.Unmarshal(o.Spec, spec); err != nil {
-			return fail("spec", fmt.Errorf("%w: %w", ErrDecode, err))
-		}
-	}
-	p := Convert(ns, o.Metadata.Name, spec)
-	if err := emptyLists(ns, o.Metadata.Name, o.Spec); err != nil {
-		p.Err = err
-		return p, err
-	}
-	p.DryRun = strings.EqualFold(o.Metadata.Annotations[DryRunAnnotation], "true")
-	if expr, ok := o.Metadata.Annotations[authzcel.Annotation]; ok {
+	if expr, ok := annotations[authzcel.Annotation]; ok {
+		celField := "metadata.annotations[" + strconv.Quote(authzcel.Annotation) + "]"
 		c := opts.CEL
 		if c == nil {
 			var err error
-			if c, err = authzcel.NewCompiler(); err != nil {
-				return fail("metadata.annotations["+authzcel.Annotation+"]", err)
+			if c, err = authzcel.NewCompiler(); err == nil {
+				opts.CEL = c
+			} else {
+				bad(celField, err, "%v", err)
 			}
-			opts.CEL = c
 		}
-		cond, err := c.Compile(expr)
-		if err != nil {
-			pe := &authz.PolicyError{Namespace: ns, Name: o.Metadata.Name,
-				Field: "metadata.annotations[" + authzcel.Annotation + "]", Msg: err.Error(), Err: err}
-			p.Err = pe
-			return p, pe
+		if c != nil {
+			cond, err := c.Compile(expr)
+			if err != nil {
+				bad(celField, err, "%v", err)
+			} else {
+				p.Extra = append(p.Extra, cond)
+			}
 		}
-		p.Extra = append(p.Extra, cond)
 	}
-	if err := authz.Validate(&p); err != nil {
-		return p, err
+	return finish(&p)
+}
+
+// decodeSpec decodes spec with the istio.io/api type. It returns nil and
+// the problems, with field paths, when protojson would refuse it.
+func decodeSpec(v any) (*secv1beta1.AuthorizationPolicy, []fieldError) {
+	spec := &secv1beta1.AuthorizationPolicy{}
+	if v == nil {
+		return spec, nil
 	}
-	return p, nil
+	var errs []fieldError
+	checkMessage("spec", v, spec.ProtoReflect().Descriptor(), &errs)
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	js, err := json.Marshal(v)
+	if err == nil {
+		err = protojson.Unmarshal(js, spec)
+	}
+	if err != nil {
+		// checkMessage missed a reason; report protojson's, without its
+		// position in the internal JSON.
+		return nil, []fieldError{{"spec", protoMessage(err)}}
+	}
+	return spec, nil
+}
+
+func aggregate(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	me := multierror.Append(nil, errs...)
+	me.ErrorFormat = authz.ListFormat
+	return me
 }
 
 // emptyLists reports `from: []` and `to: []`, which Istio rejects but which
 // decode to the same value as an absent list.
-func emptyLists(ns, name string, spec []byte) error {
-	var raw struct {
-		Rules []map[string]json.RawMessage `json:"rules"`
-	}
-	if json.Unmarshal(spec, &raw) != nil {
-		return nil // reported by protojson already
-	}
-	for i, r := range raw.Rules {
+func emptyLists(spec any) []fieldError {
+	s, _ := spec.(map[string]any)
+	rules, _ := s["rules"].([]any)
+	var out []fieldError
+	for i, r := range rules {
+		rule, _ := r.(map[string]any)
 		for _, k := range []string{"from", "to"} {
-			if v, ok := r[k]; ok && bytes.Equal(bytes.TrimSpace(v), []byte("[]")) {
-				return &authz.PolicyError{Namespace: ns, Name: name,
-					Field: fmt.Sprintf("spec.rules[%d].%s", i, k), Msg: "must not be an empty list (omit it instead)"}
+			if l, ok := rule[k].([]any); ok && len(l) == 0 {
+				out = append(out, fieldError{fmt.Sprintf("spec.rules[%d].%s", i, k), "must not be an empty list (omit it instead)"})
 			}
 		}
 	}
-	return nil
+	return out
 }
 
 // Convert turns a decoded AuthorizationPolicy spec into an authz.Policy. It

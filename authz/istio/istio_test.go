@@ -97,8 +97,8 @@ func TestParseDocuments(t *testing.T) {
 		{"default namespace", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a}\nspec: {}\n", []string{"default/a"}, ""},
 		{"two documents", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\n---\napiVersion: security.istio.io/v1beta1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: ns-y}\nspec:\n  action: ALLOW\n", []string{"x/a", "ns-y/b"}, ""},
 		{"list", "apiVersion: v1\nkind: List\nitems:\n- apiVersion: security.istio.io/v1\n  kind: AuthorizationPolicy\n  metadata: {name: a, namespace: x}\n  spec: {}\n", []string{"x/a"}, ""},
-		{"unknown field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec: {rulez: []}\n", []string{"x/a"}, "x/a: spec:"},
-		{"bad enum", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec: {action: MAYBE}\n", []string{"x/a"}, "x/a: spec:"},
+		{"unknown field", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec: {rulez: []}\n", []string{"x/a"}, `x/a: spec: unknown field "rulez" (did you mean "rules"?)`},
+		{"bad enum", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec: {action: MAYBE}\n", []string{"x/a"}, `x/a: spec.action: "MAYBE" is not one of ALLOW, DENY, AUDIT, CUSTOM`},
 		{"bad yaml", "apiVersion: [\n", nil, "document 0"},
 		{"validation error", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: x}\nspec:\n  rules:\n  - to:\n    - operation: {ports: [\"0x50\"]}\n", []string{"x/a"}, `x/a: spec.rules[0].to[0].operation.ports[0]: "0x50" is not a port number`},
 	}

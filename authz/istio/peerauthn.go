@@ -37,20 +37,21 @@ type paObject struct {
 // only the last object is kept. Objects that fail to decode are returned
 // with Err set (so that authz.NewPeerAuthn makes their scope STRICT) and
 // every error, naming the object and field, is also aggregated in the
-// returned error. A document that is not YAML at all cannot be attributed
-// to a namespace and yields no object, only an error: callers that enforce
-// must treat a non-nil error from such input as fatal. The result is not
+// returned error. A document that cannot be read as an object at all (not
+// YAML, or not of the object's shape) cannot be attributed to a namespace
+// and yields no object, only a *DocumentError: callers that enforce must
+// treat it as fatal. The result is not
 // validated beyond decoding; authz.NewPeerAuthn validates.
 func ParsePeerAuthentications(data []byte, opts Options) ([]authz.PeerAuthentication, error) {
 	var errs *multierror.Error
 	var out []authz.PeerAuthentication
-	for i, doc := range SplitDocuments(data) {
-		js, err := yaml.YAMLToJSON(doc)
+	for i, doc := range documents(data) {
+		js, err := yaml.YAMLToJSON(doc.body)
 		if err != nil {
-			errs = multierror.Append(errs, fmt.Errorf("%w: document %d: %w", ErrDecode, i, err))
+			errs = multierror.Append(errs, &DocumentError{Doc: i, Line: doc.line, Err: shiftLines(err, doc.line)})
 			continue
 		}
-		if err := parsePAJSON(js, &opts, &out); err != nil {
+		if err := parsePAJSON(js, &opts, &out, &DocumentError{Doc: i, Line: doc.line}); err != nil {
 			errs = multierror.Append(errs, err)
 		}
 	}
@@ -62,19 +63,24 @@ func ParsePeerAuthentications(data []byte, opts Options) ([]authz.PeerAuthentica
 	return out, errs
 }
 
-func parsePAJSON(js []byte, opts *Options, out *[]authz.PeerAuthentication) error {
+func parsePAJSON(js []byte, opts *Options, out *[]authz.PeerAuthentication, at *DocumentError) error {
 	if bytes.Equal(bytes.TrimSpace(js), []byte("null")) {
 		return nil
 	}
 	var o paObject
 	if err := json.Unmarshal(js, &o); err != nil {
-		return fmt.Errorf("%w: %w", ErrDecode, err)
+		return docErr(at, "%w", err)
 	}
 	if o.Kind == "List" {
 		var errs *multierror.Error
 		for i, it := range o.Items {
-			if err := parsePAJSON(it, opts, out); err != nil {
-				errs = multierror.Append(errs, fmt.Errorf("istio: items[%d]: %w", i, err))
+			item := *at
+			item.Item = fmt.Sprintf("items[%d]", i)
+			if at.Item != "" {
+				item.Item = at.Item + "." + item.Item
+			}
+			if err := parsePAJSON(it, opts, out, &item); err != nil {
+				errs = multierror.Append(errs, err)
 			}
 		}
 		if errs == nil {

@@ -146,7 +146,7 @@ spec:
   selector: {matchLabels: {app: a}}
   portLevelMtls: {"80": null}
 `, want: []string{"x/a:UNSET"}, wantErr: "x/a:"},
-		{name: "broken yaml", yaml: "a: [\n", wantErr: "istio: cannot decode: document 0"},
+		{name: "broken yaml", yaml: "a: [\n", wantErr: "istio: document 0 (line 1): cannot decode: yaml: line 1:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
