@@ -65,7 +65,9 @@ type Route struct {
 // a connection carries at most min(MaxStreamsPerConn, the peer's
 // MAX_CONCURRENT_STREAMS) streams, and busy keys spread their streams
 // over up to MaxConnsPerKey connections so that throughput scales with
-// cores. The zero value is ready to use once Source and Expected are set
+// cores. Until the server's SETTINGS arrive, a new connection carries only
+// the tunnel that opened it: other dials wait for them, so the peer's
+// limit is never exceeded even when it is below 100. The zero value is ready to use once Source and Expected are set
 // (or every dial passes a Route). A Dialer must not be copied after first
 // use. Close it to release its connections.
 type Dialer struct {
@@ -91,8 +93,9 @@ type Dialer struct {
 	// IdleTimeout closes connections that carried no stream for this long.
 	// If zero, 5 minutes; if negative, never.
 	IdleTimeout time.Duration
-	// ConnectTimeout bounds the TCP connect plus TLS handshake. If zero,
-	// 10 s.
+	// ConnectTimeout bounds the TCP connect plus TLS handshake, and the
+	// wait for the server's first SETTINGS after it (a connection without
+	// them by then is closed). If zero, 10 s.
 	ConnectTimeout time.Duration
 	// KeepaliveInterval is the wait before each HTTP/2 PING (the first
 	// after connecting, then after each answer). If zero, 10 s; if
@@ -321,21 +324,34 @@ func (p *pool) get(ctx context.Context, r Route) (*conn, error) {
 			return nil, ErrDialerClosed
 		}
 		// Least-loaded usable connection.
-		var best *conn
+		var best, pending *conn
 		bestN, usable := 0, 0
 		for _, c := range p.conns {
 			if !c.usable() {
 				continue
 			}
 			usable++
+			if c.awaitingSettings() {
+				pending = c
+			}
 			if n := c.activeStreams(); best == nil || n < bestN {
 				best, bestN = c, n
 			}
 		}
 		spread := best != nil && bestN > 0 && usable < maxConns
-		if best != nil && (!spread || p.dialing != nil) && best.reserve(limit) {
-			p.mu.Unlock()
-			return best, nil
+		if best != nil && (!spread || p.dialing != nil) {
+			if best.reserve(limit) {
+				p.mu.Unlock()
+				return best, nil
+			}
+			// The least loaded may be waiting for its SETTINGS while
+			// another has room.
+			for _, c := range p.conns {
+				if c != best && c.reserve(limit) {
+					p.mu.Unlock()
+					return c, nil
+				}
+			}
 		}
 		if call := p.dialing; call != nil {
 			p.mu.Unlock()
@@ -348,6 +364,26 @@ func (p *pool) get(ctx context.Context, r Route) (*conn, error) {
 			// another one behind it, unless it failed on its own context.
 			if call.err != nil && !errors.Is(call.err, context.Canceled) && !errors.Is(call.err, context.DeadlineExceeded) {
 				return nil, call.err
+			}
+			p.mu.Lock()
+			continue
+		}
+		if pending != nil && !spread {
+			// Every usable connection is full or still waiting for the
+			// server's SETTINGS (whose MAX_CONCURRENT_STREAMS may be below
+			// our cap). Wait for them rather than open yet another
+			// connection; the connection's settingsTimeout bounds this.
+			p.mu.Unlock()
+			select {
+			case <-pending.settingsCh:
+			case <-pending.done:
+				if pending.awaitingSettings() {
+					// The set-up failed before SETTINGS: share the outcome
+					// like a failed dial.
+					return nil, fmt.Errorf("hbone: dial %s: %w", p.key.addr, pending.err())
+				}
+			case <-ctx.Done():
+				return nil, fmt.Errorf("hbone: dial %s: waiting for the server's SETTINGS: %w", p.key.addr, ctx.Err())
 			}
 			p.mu.Lock()
 			continue
@@ -412,6 +448,9 @@ func (p *pool) dial(ctx context.Context, r Route) (*conn, error) {
 		logger:       d.Logger,
 		onIdle:       p.onIdle,
 		onClose:      p.remove,
+		// A server sends SETTINGS first; one that does not within the
+		// connect timeout is broken, and dials waiting on it give up.
+		settingsTimeout: cmpOr(d.ConnectTimeout, DefaultConnectTimeout),
 	})
 	c.start()
 	if l := d.Logger; l != nil {

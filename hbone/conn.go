@@ -60,6 +60,9 @@ type connConfig struct {
 	// drops to zero, and onClose once when the connection closes.
 	onIdle  func(*conn)
 	onClose func(*conn)
+	// settingsTimeout (client only) closes the connection if the server's
+	// SETTINGS have not arrived this long after start. Zero: no limit.
+	settingsTimeout time.Duration
 }
 
 // conn is one HTTP/2 connection carrying CONNECT streams.
@@ -100,7 +103,8 @@ type conn struct {
 	closed         bool
 	closeErr       error
 	settingsSeen   bool
-	settingsCh     chan struct{}
+	settingsCh     chan struct{} // closed when the peer's first SETTINGS arrive
+	settingsTimer  *time.Timer
 	pingData       [8]byte
 	pingOut        bool
 	pongTimer      *time.Timer
@@ -190,6 +194,20 @@ func (c *conn) start() {
 	}
 	c.cfr.WriteWindowUpdate(0, connWindow-initialWindow)
 	c.cmu.Unlock()
+	if t := c.cfg.settingsTimeout; t > 0 {
+		c.mu.Lock()
+		if !c.settingsSeen && !c.closed {
+			c.settingsTimer = time.AfterFunc(t, func() {
+				c.mu.Lock()
+				seen := c.settingsSeen
+				c.mu.Unlock()
+				if !seen {
+					c.protoError(http2.ErrCodeProtocol, "no SETTINGS from the peer within %v", t)
+				}
+			})
+		}
+		c.mu.Unlock()
+	}
 	c.wg.Add(2)
 	go c.readLoop()
 	go c.writeLoop()
@@ -429,6 +447,9 @@ func (c *conn) closeWithError(err error) {
 	close(c.done)
 	if c.pongTimer != nil {
 		c.pongTimer.Stop()
+	}
+	if c.settingsTimer != nil {
+		c.settingsTimer.Stop()
 	}
 	c.rmu.Lock()
 	if c.idleTimer != nil {
@@ -759,6 +780,9 @@ func (c *conn) handleSettings(f *http2.SettingsFrame) bool {
 	})
 	first := !c.settingsSeen
 	c.settingsSeen = true
+	if first && c.settingsTimer != nil {
+		c.settingsTimer.Stop()
+	}
 	c.mu.Unlock()
 	if perr != nil {
 		var ce http2.ConnectionError
@@ -969,8 +993,17 @@ func (c *conn) openStream(fields []hpack.HeaderField) (*stream, error) {
 	return st, nil
 }
 
+// preSettingsStreams is how many streams a client opens on a new
+// connection before the server's SETTINGS arrive. Until then the peer's
+// MAX_CONCURRENT_STREAMS is unknown and may be smaller than our cap, so
+// the first tunnel goes out at once (no added round trip) and further
+// ones wait for the SETTINGS (see pool.get). RFC 9113 §6.5.2 allows a
+// limit of 0; a peer that uses it refuses the stream, which is retried.
+const preSettingsStreams = 1
+
 // reserve claims a stream slot if the connection can take another stream
-// under limit. The pool calls it before openStream.
+// under limit and the peer's MAX_CONCURRENT_STREAMS (preSettingsStreams
+// until its SETTINGS arrive). The pool calls it before openStream.
 func (c *conn) reserve(limit int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -981,11 +1014,25 @@ func (c *conn) reserve(limit int) bool {
 		return false
 	}
 	lim := min(limit, int(min(c.peerMaxStreams, 1<<30)))
+	if !c.settingsSeen {
+		lim = min(lim, preSettingsStreams)
+	}
 	if len(c.streams)+c.reserved >= lim {
 		return false
 	}
 	c.reserved++
 	return true
+}
+
+// awaitingSettings reports whether the peer's first SETTINGS are still
+// outstanding; settingsCh is closed when they arrive.
+func (c *conn) awaitingSettings() bool {
+	select {
+	case <-c.settingsCh:
+		return false
+	default:
+		return true
+	}
 }
 
 // usable reports whether new streams may be opened.

@@ -1,0 +1,235 @@
+package hbone_test
+
+import (
+	"context"
+	"net"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/meshblocks/meshblocks/hbone"
+	"github.com/meshblocks/meshblocks/hbone/hbonetest"
+	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/identity/identitytest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
+)
+
+// capPeer is a raw HTTP/2 server that advertises MAX_CONCURRENT_STREAMS
+// limit only after settingsDelay, answers 200 to CONNECTs within the
+// limit, refuses the others, and records the most streams the client had
+// open at once.
+type capPeer struct {
+	limit         uint32
+	settingsDelay time.Duration
+
+	mu       sync.Mutex
+	sent     bool     // SETTINGS sent
+	queued   []uint32 // CONNECTs received before SETTINGS
+	open     int
+	maxOpen  int
+	refused  int
+	accepted int
+}
+
+func (cp *capPeer) serve(t *testing.T, nc net.Conn, src identity.Source) {
+	ts := tlsServer(nc, identity.ServerTLSConfig(src))
+	if ts == nil {
+		return
+	}
+	defer ts.Close()
+	p := newRawPeer(t, ts)
+	buf := make([]byte, len(http2.ClientPreface))
+	if _, err := readFull(ts, buf); err != nil {
+		return
+	}
+	answer := func(id uint32) {
+		// Called with cp.mu held.
+		if cp.open > int(cp.limit) {
+			cp.refused++
+			cp.open--
+			p.write(func(fr *http2.Framer) error { return fr.WriteRSTStream(id, http2.ErrCodeRefusedStream) })
+			return
+		}
+		cp.accepted++
+		p.writeHeaders(id, false, ":status", "200")
+	}
+	timer := time.AfterFunc(cp.settingsDelay, func() {
+		cp.mu.Lock()
+		defer cp.mu.Unlock()
+		p.write(func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: cp.limit})
+		})
+		cp.sent = true
+		for _, id := range cp.queued {
+			answer(id)
+		}
+		cp.queued = nil
+	})
+	defer timer.Stop()
+	closed := map[uint32]bool{}
+	for {
+		f, err := p.fr.ReadFrame()
+		if err != nil {
+			return
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				p.write(func(fr *http2.Framer) error { return fr.WriteSettingsAck() })
+			}
+		case *http2.MetaHeadersFrame:
+			cp.mu.Lock()
+			cp.open++
+			cp.maxOpen = max(cp.maxOpen, cp.open)
+			if cp.sent {
+				answer(f.StreamID)
+			} else {
+				cp.queued = append(cp.queued, f.StreamID)
+			}
+			cp.mu.Unlock()
+		case *http2.RSTStreamFrame:
+			cp.mu.Lock()
+			if !closed[f.StreamID] {
+				closed[f.StreamID] = true
+				cp.open--
+			}
+			cp.mu.Unlock()
+		}
+	}
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := c.Read(b[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// TestStreamCapBeforeSettings dials several tunnels at once to a server
+// whose SETTINGS (MAX_CONCURRENT_STREAMS 2) arrive late: the client must
+// never have more streams open on one connection than the server allows,
+// and spreads the rest over new connections.
+func TestStreamCapBeforeSettings(t *testing.T) {
+	for _, limit := range []uint32{1, 2, 3} {
+		t.Run(string(rune('0'+limit)), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := identitytest.NewCA(t, "cluster.local")
+				serverSrc := ca.Source(t, hbonetest.ServerPath)
+				const dials = 6
+				var mu sync.Mutex
+				var peers []*capPeer
+				var wg sync.WaitGroup
+				d := &hbone.Dialer{
+					Source:            ca.Source(t, hbonetest.ClientPath),
+					Expected:          []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+					MaxConnsPerKey:    1,
+					KeepaliveInterval: -1,
+					DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						cEnd, sEnd := net.Pipe()
+						cp := &capPeer{limit: limit, settingsDelay: 20 * time.Millisecond}
+						mu.Lock()
+						peers = append(peers, cp)
+						mu.Unlock()
+						wg.Go(func() { cp.serve(t, sEnd, serverSrc) })
+						return cEnd, nil
+					},
+				}
+				route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
+				conns := make([]*hbone.Conn, dials)
+				var dialers sync.WaitGroup
+				for i := range dials {
+					dialers.Go(func() {
+						c, err := d.Dial(t.Context(), route)
+						if assert.NoError(t, err) {
+							conns[i] = c
+						}
+					})
+				}
+				dialers.Wait()
+				synctest.Wait()
+				mu.Lock()
+				for i, cp := range peers {
+					cp.mu.Lock()
+					assert.LessOrEqual(t, cp.maxOpen, int(limit), "connection %d: streams open at once", i)
+					assert.Zero(t, cp.refused, "connection %d: refused streams", i)
+					cp.mu.Unlock()
+				}
+				require.Len(t, peers, (dials+int(limit)-1)/int(limit), "connections for %d tunnels at %d each", dials, limit)
+				mu.Unlock()
+				require.Equal(t, dials, d.Stats().Streams)
+				for _, c := range conns {
+					if c != nil {
+						c.Close()
+					}
+				}
+				d.Close()
+				wg.Wait()
+			})
+		})
+	}
+}
+
+// TestNoSettingsTimeout: a server that never sends SETTINGS fails the
+// dial (and the dials waiting for its SETTINGS) after the connect timeout.
+func TestNoSettingsTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := identitytest.NewCA(t, "cluster.local")
+		serverSrc := ca.Source(t, hbonetest.ServerPath)
+		var wg sync.WaitGroup
+		d := &hbone.Dialer{
+			Source:            ca.Source(t, hbonetest.ClientPath),
+			Expected:          []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+			MaxConnsPerKey:    1,
+			KeepaliveInterval: -1,
+			ConnectTimeout:    3 * time.Second,
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				cEnd, sEnd := net.Pipe()
+				wg.Go(func() {
+					ts := tlsServer(sEnd, identity.ServerTLSConfig(serverSrc))
+					if ts == nil {
+						return
+					}
+					defer ts.Close()
+					readAll(ts) // silent: no SETTINGS, no answers
+				})
+				return cEnd, nil
+			},
+		}
+		defer wg.Wait()
+		defer d.Close()
+		start := time.Now()
+		route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
+		errs := make(chan error, 3)
+		for range 3 {
+			go func() {
+				_, err := d.Dial(t.Context(), route)
+				errs <- err
+			}()
+		}
+		for range 3 {
+			err := <-errs
+			var pe *hbone.ProtocolError
+			require.ErrorAs(t, err, &pe)
+			require.Contains(t, pe.Reason, "no SETTINGS")
+		}
+		require.Equal(t, 3*time.Second, time.Since(start))
+	})
+}
+
+func readAll(c net.Conn) {
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
+		}
+	}
+}
