@@ -132,8 +132,15 @@ func Build(cfg Config) (*Table, error) {
 		pods:     map[string]*Endpoint{},
 		vhosts:   map[hostPort]*VirtualHost{},
 	}
+	// A rule is compiled once per Service port; report each problem once.
+	seen := map[FieldError]bool{}
 	bad := func(obj, field, format string, a ...any) {
-		errs = multierror.Append(errs, &FieldError{Object: obj, Field: field, Msg: fmt.Sprintf(format, a...)})
+		fe := FieldError{Object: obj, Field: field, Msg: fmt.Sprintf(format, a...)}
+		if seen[fe] {
+			return
+		}
+		seen[fe] = true
+		errs = multierror.Append(errs, &fe)
 	}
 	for i := range cfg.Services {
 		s := &service{Service: cfg.Services[i], clusters: map[Destination]*Cluster{}, vhosts: map[int]*VirtualHost{}}
@@ -416,6 +423,20 @@ func (t *Table) rule(s *service, port int, hr *HTTPRoute, m *Match, origin strin
 	if n > 1 {
 		bad(origin, field, "only one of route, redirect and directResponse may be set")
 		return nil
+	}
+	if rd := hr.Redirect; rd != nil {
+		switch rd.Status {
+		case 0, 301, 302, 303, 307, 308:
+		default:
+			// Istio accepts any 3xx code but emits the route without an
+			// action for codes Envoy has no RedirectResponseCode for
+			// (route.go ApplyRedirect); Envoy requires an action, so the
+			// waypoint rejects the route configuration and keeps the
+			// previous one.
+			routeField, _, _ := strings.Cut(field, ".match[")
+			bad(origin, routeField+".redirect.redirectCode", "redirect code %d is not supported by the waypoint (301, 302, 303, 307, 308): the route would have no action and the route configuration would be rejected", rd.Status)
+			return nil
+		}
 	}
 	if hr.Rewrite != nil && hr.Rewrite.Kind == RewriteRegex {
 		re, err := regexp.Compile(hr.Rewrite.Pattern)

@@ -490,13 +490,35 @@ func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
 		if r.Status == 0 {
 			r.Status = 301
 		}
-		switch r.Status {
-		case 301, 302, 303, 307, 308:
-		default:
-			c.bad(f+".redirect.redirectCode", "%d is not a redirect code (301, 302, 303, 307, 308)", r.Status)
+		// Istio's validation (validateHTTPRedirect) accepts any 3xx code;
+		// Build rejects the ones Envoy has no response code for.
+		if r.Status < 300 || r.Status > 399 {
+			c.bad(f+".redirect.redirectCode", "%d is not a valid redirect code, must be 3xx", r.Status)
 		}
 		if rd.Uri != "" && rd.PrefixRewrite != "" {
 			c.bad(f+".redirect", "uri and prefixRewrite cannot both be set")
+		}
+		if rd.Uri == "" && rd.PrefixRewrite == "" && rd.Authority == "" && rd.RedirectPort == nil && rd.Scheme == "" {
+			c.bad(f+".redirect", "redirect must specify uri, prefixRewrite, authority, scheme or port")
+		}
+		if rd.Scheme != "" && rd.Scheme != "http" && rd.Scheme != "https" {
+			c.bad(f+".redirect.scheme", "%q is not a valid redirect scheme, must be \"http\" or \"https\"", rd.Scheme)
+		}
+		if p, ok := rd.RedirectPort.(*v1alpha3.HTTPRedirect_Port); ok && (p.Port == 0 || p.Port > 65535) {
+			c.bad(f+".redirect.port", "must be in 1..65535, got %d", p.Port)
+		}
+		if rd.PrefixRewrite != "" {
+			for j, m := range hr.Match {
+				if _, isPrefix := m.GetUri().GetMatchType().(*v1alpha3.StringMatch_Prefix); m.Uri != nil && !isPrefix {
+					c.bad(fmt.Sprintf("%s.match[%d].uri", f, j), "redirect prefixRewrite requires all uri matches to be prefix matches")
+				}
+			}
+		}
+		if hr.Fault != nil {
+			c.bad(f+".fault", "HTTP route cannot contain both fault and redirect")
+		}
+		if hr.Rewrite != nil {
+			c.bad(f+".rewrite", "HTTP route rule cannot contain both rewrite and redirect")
 		}
 		switch {
 		case rd.Uri != "":

@@ -1,6 +1,7 @@
 package istio_test
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -42,6 +43,92 @@ func TestDecodeBookinfo(t *testing.T) {
 
 	assert.Equal(t, route.RoundRobin, res.Policies[1].Policy.LB.Kind)
 	assert.Equal(t, "ratings.default.svc.cluster.local", res.Policies[1].Host)
+}
+
+// Istio's validation accepts any 3xx redirect code; the waypoint can only
+// send 301, 302, 303, 307 and 308 and rejects the route configuration for
+// the others (the route would have no action).
+func TestRedirectCodes(t *testing.T) {
+	vs := func(code int) string {
+		return fmt.Sprintf(`
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /a}}, {uri: {prefix: /b}}]
+    redirect: {uri: /new, redirectCode: %d}
+`, code)
+	}
+	svc := route.Service{Host: "web.default.svc.cluster.local", Ports: []route.Port{{Port: 80, Name: "http"}, {Port: 8080, Name: "http-alt"}}, Endpoints: []route.Endpoint{{IP: "10.0.0.1"}}}
+	tests := []struct {
+		code       int
+		convertErr string
+		buildErr   string
+	}{
+		{301, "", ""}, {302, "", ""}, {303, "", ""}, {307, "", ""}, {308, "", ""},
+		{300, "", "VirtualService default/web: spec.http[0].redirect.redirectCode: redirect code 300 is not supported by the waypoint"},
+		{304, "", "redirect code 304 is not supported"},
+		{305, "", "redirect code 305 is not supported"},
+		{399, "", "redirect code 399 is not supported"},
+		{200, "spec.http[0].redirect.redirectCode: 200 is not a valid redirect code, must be 3xx", ""},
+		{400, "spec.http[0].redirect.redirectCode: 400 is not a valid redirect code, must be 3xx", ""},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint(tc.code), func(t *testing.T) {
+			objs, err := istio.Decode([]byte(vs(tc.code)))
+			require.NoError(t, err)
+			res, err := istio.Convert(objs, "")
+			if tc.convertErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.convertErr)
+				return
+			}
+			require.NoError(t, err)
+			tbl, err := route.Build(route.Config{Services: []route.Service{svc}, Routes: res.Routes})
+			if tc.buildErr == "" {
+				require.NoError(t, err)
+				got := tbl.Pick(&route.Request{Host: svc.Host, Port: 80, Path: "/b"}, nil)
+				assert.Equal(t, route.RedirectResponse, got.Kind)
+				assert.Equal(t, tc.code, got.Status)
+				return
+			}
+			require.Error(t, err)
+			assert.ErrorIs(t, err, route.ErrInvalidConfig)
+			assert.Contains(t, err.Error(), tc.buildErr)
+			assert.Equal(t, 1, strings.Count(err.Error(), "redirectCode"), "reported once, not per match block and port: %v", err)
+		})
+	}
+}
+
+func TestRedirectValidation(t *testing.T) {
+	objs, err := istio.Decode([]byte(`
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - redirect: {}
+  - match: [{uri: {exact: /x}}]
+    redirect: {prefixRewrite: /y, scheme: ftp, port: 70000}
+    fault: {abort: {httpStatus: 500, percentage: {value: 1}}}
+    rewrite: {uri: /z}
+`))
+	require.NoError(t, err)
+	_, err = istio.Convert(objs, "")
+	require.Error(t, err)
+	for _, want := range []string{
+		"spec.http[0].redirect: redirect must specify uri, prefixRewrite, authority, scheme or port",
+		`spec.http[1].redirect.scheme: "ftp" is not a valid redirect scheme`,
+		"spec.http[1].redirect.port: must be in 1..65535, got 70000",
+		"spec.http[1].match[0].uri: redirect prefixRewrite requires all uri matches to be prefix matches",
+		"spec.http[1].fault: HTTP route cannot contain both fault and redirect",
+		"spec.http[1].rewrite: HTTP route rule cannot contain both rewrite and redirect",
+	} {
+		assert.Contains(t, err.Error(), want)
+	}
 }
 
 func TestValidationFieldPaths(t *testing.T) {
