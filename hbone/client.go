@@ -522,10 +522,16 @@ func (d *Dialer) Close() error {
 
 // Stats describes the pooled connections of a Dialer.
 type Stats struct {
-	// Conns is the number of open connections.
+	// Conns is the number of open connections, draining ones included.
 	Conns int
 	// Streams is the number of open streams over all connections.
 	Streams int
+	// Draining is the number of open connections that received GOAWAY:
+	// they finish their streams but take no new ones.
+	Draining int
+	// MaxConnStreams is the most streams open on any one connection; it
+	// never exceeds the stream cap.
+	MaxConnStreams int
 }
 
 // Stats reports the Dialer's pooled connections and streams.
@@ -543,8 +549,13 @@ func (d *Dialer) Stats() Stats {
 			if c.isClosed() {
 				continue
 			}
+			n := c.activeStreams()
 			s.Conns++
-			s.Streams += c.activeStreams()
+			s.Streams += n
+			s.MaxConnStreams = max(s.MaxConnStreams, n)
+			if c.draining() {
+				s.Draining++
+			}
 		}
 		p.mu.Unlock()
 	}

@@ -464,8 +464,12 @@ func (c *conn) closeWithError(err error) {
 	close(c.flowCh)
 	c.flowCh = make(chan struct{})
 	c.mu.Unlock()
+	serr := err
+	if !errors.Is(err, ErrConnClosed) {
+		serr = fmt.Errorf("%w: %w", ErrConnClosed, err)
+	}
 	for _, st := range streams {
-		st.abort(fmt.Errorf("%w: %w", ErrConnClosed, err))
+		st.abort(serr)
 	}
 	c.nc.Close()
 	if c.cfg.onClose != nil {
@@ -578,8 +582,15 @@ func (c *conn) readFrame() error {
 	return nil
 }
 
+// readErr describes a failed connection read. The peer closing the
+// connection is io.ErrUnexpectedEOF, not io.EOF, for the streams it cuts
+// off: only END_STREAM (or RST_STREAM NO_ERROR/CANCEL) ends a tunnel
+// cleanly.
 func readErr(err error) error {
-	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: peer closed the connection: %w", ErrConnClosed, io.ErrUnexpectedEOF)
+	}
+	if errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("%w: %w", ErrConnClosed, err)
 	}
 	return fmt.Errorf("hbone: read: %w", err)
@@ -1040,6 +1051,13 @@ func (c *conn) usable() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return !c.closed && !c.goAwayRecv && !c.goAwaySent
+}
+
+// draining reports whether the peer sent GOAWAY.
+func (c *conn) draining() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.goAwayRecv
 }
 
 // sendGoAway starts a graceful drain: the peer must open no new streams.

@@ -5,12 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/http2"
 )
 
 func ctxT(t *testing.T) context.Context {
@@ -412,15 +413,83 @@ func TestSpreadOverConnections(t *testing.T) {
 	}
 }
 
+// TestGoAwayDrain: during Shutdown, live tunnels keep working; the
+// draining server refuses new streams on its existing connections, and
+// the Dialer opens new tunnels on a new connection instead.
 func TestGoAwayDrain(t *testing.T) {
 	leakcheck.Check(t)
 	p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
+
+	// Where the Dialer goes once p's server drains: another server with
+	// the same identity. Every TCP dial after the first is sent there.
+	var nextServed atomic.Int32
+	next := &hbone.Server{Source: p.CA.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(func(r *hbone.Request) {
+		nextServed.Add(1)
+		hbonetest.Echo(r)
+	})}
+	nextLn, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	nextDone := make(chan error, 1)
+	go func() { nextDone <- next.Serve(nextLn) }()
+	defer func() {
+		next.Close()
+		require.ErrorIs(t, <-nextDone, hbone.ErrServerClosed)
+	}()
+	var dials atomic.Int32
+	p.Dialer.MaxConnsPerKey = 1 // a second connection only because of GOAWAY
+	p.Dialer.DialTCP = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dials.Add(1) > 1 {
+			addr = nextLn.Addr().String()
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+
 	c, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
 	require.NoError(t, err)
+	rp := rawClient(t, p)
+	rp.writeHeaders(1, false, ":method", "CONNECT", ":authority", "10.0.0.1:80")
+	status, _ := rp.status(1)
+	require.Equal(t, http.StatusOK, status)
+
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- p.Server.Shutdown(ctxT(t)) }()
-	// The live tunnel keeps working while the server drains.
-	time.Sleep(50 * time.Millisecond) // let GOAWAY arrive; not a timing assertion
+
+	// The raw client sees GOAWAY(NO_ERROR) naming stream 1 as processed;
+	// a new stream on the same connection is refused, stream 1 still
+	// echoes.
+	for {
+		f, err := rp.fr.ReadFrame()
+		require.NoError(t, err)
+		if ga, ok := f.(*http2.GoAwayFrame); ok {
+			require.Equal(t, http2.ErrCodeNo, ga.ErrCode)
+			require.Equal(t, uint32(1), ga.LastStreamID)
+			break
+		}
+	}
+	rp.writeHeaders(3, false, ":method", "CONNECT", ":authority", "10.0.0.1:80")
+	rp.write(func(fr *http2.Framer) error { return fr.WriteData(1, true, []byte("raw")) })
+	var refused, echoed bool
+	for !refused || !echoed {
+		f, err := rp.fr.ReadFrame()
+		require.NoError(t, err)
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			require.Equal(t, uint32(3), f.StreamID, "only the new stream is reset")
+			require.Equal(t, http2.ErrCodeRefusedStream, f.ErrCode)
+			refused = true
+		case *http2.MetaHeadersFrame:
+			t.Fatalf("draining server answered stream %d", f.StreamID)
+		case *http2.DataFrame:
+			if len(f.Data()) > 0 {
+				require.Equal(t, "raw", string(f.Data()))
+			}
+			echoed = echoed || f.StreamEnded()
+		}
+	}
+
+	// The Dialer's connection drains too: its live tunnel keeps working,
+	// and a new tunnel goes over a new connection to the other server.
+	require.Eventually(t, func() bool { return p.Dialer.Stats().Draining == 1 }, 10*time.Second, 5*time.Millisecond)
 	_, err = c.Write([]byte("still here"))
 	require.NoError(t, err)
 	buf := make([]byte, 10)
@@ -432,9 +501,13 @@ func TestGoAwayDrain(t *testing.T) {
 		t.Fatalf("Shutdown returned %v with a live stream", err)
 	default:
 	}
-	// New tunnels are not opened on the draining connection.
-	_, err = p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
-	require.Error(t, err)
+	c2, err := p.Dialer.DialContext(ctxT(t), "tcp", "10.0.0.1:80")
+	require.NoError(t, err)
+	require.Equal(t, int32(2), dials.Load(), "the new tunnel needed a new connection")
+	require.Equal(t, int32(1), nextServed.Load())
+	require.Equal(t, hbone.Stats{Conns: 2, Streams: 2, Draining: 1, MaxConnStreams: 1}, p.Dialer.Stats())
+	c2.Close()
+
 	require.NoError(t, c.(*hbone.Conn).CloseWrite())
 	_, err = io.ReadAll(c)
 	require.NoError(t, err)
@@ -442,6 +515,9 @@ func TestGoAwayDrain(t *testing.T) {
 	require.NoError(t, <-shutdown)
 }
 
+// TestShutdownDeadline: when Shutdown's context ends with streams still
+// open, the server closes their connections and the client's tunnels fail
+// with ErrConnClosed, never a clean EOF.
 func TestShutdownDeadline(t *testing.T) {
 	leakcheck.Check(t)
 	p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
@@ -452,8 +528,10 @@ func TestShutdownDeadline(t *testing.T) {
 	defer cancel()
 	require.ErrorIs(t, p.Server.Shutdown(ctx), context.DeadlineExceeded)
 	_, err = c.Read(make([]byte, 1))
-	require.Error(t, err)
-	require.False(t, errors.Is(err, io.EOF) && false)
+	require.ErrorIs(t, err, hbone.ErrConnClosed)
+	require.NotErrorIs(t, err, io.EOF, "a tunnel cut off by the server must not read as a clean end")
+	_, err = c.Write([]byte("x"))
+	require.ErrorIs(t, err, hbone.ErrConnClosed)
 }
 
 func TestDialerClosed(t *testing.T) {

@@ -162,7 +162,7 @@ func TestPoolIdleEviction(t *testing.T) {
 		require.NoError(t, err)
 		time.Sleep(10 * time.Minute) // busy streams are never evicted
 		synctest.Wait()
-		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1}, d.Stats())
+		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1, MaxConnStreams: 1}, d.Stats())
 		require.NoError(t, c.Close())
 		time.Sleep(5*time.Minute - time.Second)
 		synctest.Wait()
@@ -185,8 +185,9 @@ func TestClientGoAway(t *testing.T) {
 		dials := 0
 		rawDone := make(chan struct{})
 		d := &hbone.Dialer{
-			Source:   ca.Source(t, hbonetest.ClientPath),
-			Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+			Source:         ca.Source(t, hbonetest.ClientPath),
+			Expected:       []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+			MaxConnsPerKey: 1, // a second connection only because of GOAWAY
 			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				cEnd, sEnd := net.Pipe()
 				dials++
@@ -233,11 +234,15 @@ func TestClientGoAway(t *testing.T) {
 		route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
 		c1, err := d.Dial(t.Context(), route)
 		require.NoError(t, err)
+		// Let the background reader take the connection back (it does
+		// after a millisecond idle) and read the GOAWAY.
+		time.Sleep(10 * time.Millisecond)
 		synctest.Wait()
+		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1, Draining: 1, MaxConnStreams: 1}, d.Stats())
 		c2, err := d.Dial(t.Context(), route)
 		require.NoError(t, err)
 		require.Equal(t, 2, dials, "the second tunnel needed a new connection")
-		require.Equal(t, hbone.Stats{Conns: 2, Streams: 2}, d.Stats())
+		require.Equal(t, hbone.Stats{Conns: 2, Streams: 2, Draining: 1, MaxConnStreams: 1}, d.Stats())
 		for _, c := range []*hbone.Conn{c1, c2} {
 			_, err := c.Write([]byte("x"))
 			require.NoError(t, err)
@@ -247,7 +252,7 @@ func TestClientGoAway(t *testing.T) {
 		}
 		c1.Close()
 		synctest.Wait()
-		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1}, d.Stats(), "the drained connection is closed")
+		require.Equal(t, hbone.Stats{Conns: 1, Streams: 1, MaxConnStreams: 1}, d.Stats(), "the drained connection is closed")
 		<-rawDone
 		c2.Close()
 	})
