@@ -2,6 +2,10 @@ package hbone_test
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -12,6 +16,7 @@ import (
 	"github.com/meshblocks/meshblocks/hbone/hbonetest"
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/identity/identitytest"
+	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -231,5 +236,154 @@ func readAll(c net.Conn) {
 		if _, err := c.Read(buf); err != nil {
 			return
 		}
+	}
+}
+
+// TestSettingsOnTheWire reads the first bytes each side sends after the
+// TLS handshake and compares them with spec §B.6, byte for byte: the
+// SETTINGS frame (values in this order) and the WINDOW_UPDATE on stream 0
+// that raises the connection window from 65,535 to 16 MiB.
+func TestSettingsOnTheWire(t *testing.T) {
+	leakcheck.Check(t)
+	const windowUpdate = "000004" + "08" + "00" + "00000000" + "00ff0001" // +16,711,681
+	tests := []struct {
+		role string
+		want string // hex, after the client preface for the client
+	}{
+		{"client", "000018" + "04" + "00" + "00000000" +
+			"0002" + "00000000" + // ENABLE_PUSH 0
+			"0004" + "00400000" + // INITIAL_WINDOW_SIZE 4 MiB
+			"0005" + "00100000" + // MAX_FRAME_SIZE 1 MiB
+			"0006" + "00004000" + // MAX_HEADER_LIST_SIZE 16 KiB
+			windowUpdate},
+		{"server", "000018" + "04" + "00" + "00000000" +
+			"0003" + "000000c8" + // MAX_CONCURRENT_STREAMS 200
+			"0004" + "00400000" + // INITIAL_WINDOW_SIZE 4 MiB
+			"0005" + "00100000" + // MAX_FRAME_SIZE 1 MiB
+			"0006" + "00010000" + // MAX_HEADER_LIST_SIZE 64 KiB
+			windowUpdate},
+	}
+	for _, tc := range tests {
+		t.Run(tc.role, func(t *testing.T) {
+			want, err := hex.DecodeString(tc.want)
+			require.NoError(t, err)
+			p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
+			var got []byte
+			if tc.role == "server" {
+				c, err := tls.Dial("tcp", p.Addr, identity.ClientTLSConfig(p.Dialer.Source, p.ServerID))
+				require.NoError(t, err)
+				defer c.Close()
+				_, err = c.Write([]byte(http2.ClientPreface))
+				require.NoError(t, err)
+				got = make([]byte, len(want))
+				_, err = io.ReadFull(c, got)
+				require.NoError(t, err)
+			} else {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				require.NoError(t, err)
+				defer ln.Close()
+				d := &hbone.Dialer{Source: p.Dialer.Source, Expected: p.Dialer.Expected}
+				defer d.Close()
+				dialErr := make(chan error, 1)
+				go func() {
+					_, err := d.Dial(ctxT(t), hbone.Route{Address: ln.Addr().String(), Authority: "10.0.0.1:80"})
+					dialErr <- err
+				}()
+				nc, err := ln.Accept()
+				require.NoError(t, err)
+				c := tls.Server(nc, identity.ServerTLSConfig(p.CA.Source(t, hbonetest.ServerPath)))
+				defer c.Close()
+				got = make([]byte, len(http2.ClientPreface)+len(want))
+				_, err = io.ReadFull(c, got)
+				require.NoError(t, err)
+				require.Equal(t, http2.ClientPreface, string(got[:len(http2.ClientPreface)]))
+				got = got[len(http2.ClientPreface):]
+				c.Close()
+				require.Error(t, <-dialErr)
+			}
+			require.Equal(t, hex.EncodeToString(want), hex.EncodeToString(got))
+		})
+	}
+}
+
+// TestSingleFlightDial starts many dials to one key while the first TCP
+// connect is held up: only one connection set-up runs at a time, and with
+// MaxConnsPerKey 1 the whole burst shares exactly one connection.
+func TestSingleFlightDial(t *testing.T) {
+	tests := []struct {
+		maxConns  int
+		wantDials int // exact when > 0
+	}{
+		{maxConns: 1, wantDials: 1},
+		{maxConns: 4},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprint("MaxConnsPerKey=", tc.maxConns), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := identitytest.NewCA(t, "cluster.local")
+				srv := &hbone.Server{Source: ca.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(hbonetest.Echo), KeepaliveInterval: -1}
+				defer srv.Close()
+				gate := make(chan struct{})
+				var mu sync.Mutex
+				dials, inFlight, maxInFlight := 0, 0, 0
+				d := &hbone.Dialer{
+					Source:            ca.Source(t, hbonetest.ClientPath),
+					Expected:          []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+					MaxConnsPerKey:    tc.maxConns,
+					KeepaliveInterval: -1,
+					DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						mu.Lock()
+						dials++
+						first := dials == 1
+						inFlight++
+						maxInFlight = max(maxInFlight, inFlight)
+						mu.Unlock()
+						if first {
+							<-gate
+						}
+						mu.Lock()
+						inFlight--
+						mu.Unlock()
+						cEnd, sEnd := net.Pipe()
+						go srv.ServeConn(sEnd)
+						return cEnd, nil
+					},
+				}
+				defer d.Close()
+				const n = 50
+				route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
+				conns := make([]*hbone.Conn, n)
+				var wg sync.WaitGroup
+				for i := range n {
+					wg.Go(func() {
+						c, err := d.Dial(t.Context(), route)
+						if assert.NoError(t, err) {
+							conns[i] = c
+						}
+					})
+				}
+				synctest.Wait() // every dial is blocked: one in DialTCP, the rest behind it
+				mu.Lock()
+				require.Equal(t, 1, dials, "TCP dials while the first is in progress")
+				mu.Unlock()
+				close(gate)
+				wg.Wait()
+				mu.Lock()
+				require.Equal(t, 1, maxInFlight, "connection set-ups at once")
+				if tc.wantDials > 0 {
+					require.Equal(t, tc.wantDials, dials)
+				} else {
+					require.LessOrEqual(t, dials, tc.maxConns)
+				}
+				mu.Unlock()
+				st := d.Stats()
+				require.Equal(t, n, st.Streams)
+				for _, c := range conns {
+					if c != nil {
+						c.Close()
+					}
+				}
+			})
+		})
 	}
 }

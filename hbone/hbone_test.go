@@ -337,9 +337,19 @@ func TestDialContextCancelled(t *testing.T) {
 	require.ErrorContains(t, <-acceptErr, "stream ended before the answer")
 }
 
+// TestManyConcurrentStreams opens 1,000 tunnels at once: every one works,
+// and no connection carries more than the 100-stream cap, as counted both
+// by the Dialer and by the server per client connection.
 func TestManyConcurrentStreams(t *testing.T) {
 	leakcheck.Check(t)
-	p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
+	var mu sync.Mutex
+	perConn := map[string]int{} // accepted streams by client address
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(func(r *hbone.Request) {
+		mu.Lock()
+		perConn[r.RemoteAddr.String()]++
+		mu.Unlock()
+		hbonetest.Echo(r)
+	}))
 	const n = 1000
 	conns := make([]net.Conn, n)
 	var wg sync.WaitGroup
@@ -361,7 +371,17 @@ func TestManyConcurrentStreams(t *testing.T) {
 	}
 	st := p.Dialer.Stats()
 	require.Equal(t, n, st.Streams)
-	require.GreaterOrEqual(t, st.Conns, n/hbone.DefaultMaxStreamsPerConn, "at most 100 streams per connection")
+	require.LessOrEqual(t, st.MaxConnStreams, hbone.DefaultMaxStreamsPerConn, "streams on one connection")
+	require.GreaterOrEqual(t, st.Conns, n/hbone.DefaultMaxStreamsPerConn)
+	mu.Lock()
+	total := 0
+	for addr, k := range perConn {
+		require.LessOrEqual(t, k, hbone.DefaultMaxStreamsPerConn, "streams the server saw on %s", addr)
+		total += k
+	}
+	require.Equal(t, n, total)
+	require.Equal(t, st.Conns, len(perConn))
+	mu.Unlock()
 	for i, c := range conns {
 		wg.Go(func() {
 			msg := []byte(fmt.Sprintf("stream %d", i))
