@@ -283,13 +283,20 @@ func (c *Case) Engine() (*authz.Engine, error) {
 	return eng, err
 }
 
-// Evaluate builds the engine and request and decides the request.
+// Evaluate builds the engine and request and decides the request. When a
+// document of the policies cannot be read at all (an *istio.DocumentError:
+// it cannot be attributed to any scope), the decision is DENY with
+// ReasonInvalidPolicy, whatever the other policies say.
 func (c *Case) Evaluate() (authz.Decision, error) {
 	req, err := c.BuildRequest()
 	if err != nil {
 		return authz.Decision{}, err
 	}
 	eng, perr := c.Engine()
+	var de *istio.DocumentError
+	if errors.As(perr, &de) {
+		return authz.Decision{Reason: authz.ReasonInvalidPolicy, Rule: -1}, perr
+	}
 	return eng.Evaluate(req), perr
 }
 
@@ -374,17 +381,9 @@ const (
 // printing the reason) if a file cannot be loaded, ExitFail if any case
 // failed, and ExitPass otherwise.
 func RunFiles(w io.Writer, files ...string) int {
-	var suites []*Suite
-	for _, f := range files {
-		s, err := LoadFile(f)
-		if err != nil {
-			fmt.Fprintf(w, "%s\n", oneLine(err))
-			return ExitInvalid
-		}
-		suites = append(suites, s)
-	}
-	if len(suites) == 0 {
-		fmt.Fprintln(w, "authztest: no test files")
+	suites, err := loadAll(files)
+	if err != nil {
+		fmt.Fprintf(w, "%s\n", oneLine(err))
 		return ExitInvalid
 	}
 	pass, fail := 0, 0
@@ -405,20 +404,48 @@ func RunFiles(w io.Writer, files ...string) int {
 	return ExitPass
 }
 
-// RunT runs test files as subtests of t (one per file and case), so that
-// policy suites run under `go test`.
-func RunT(t *testing.T, files ...string) {
-	t.Helper()
+// loadAll loads test files; case names must be unique across all of them.
+func loadAll(files []string) ([]*Suite, error) {
 	if len(files) == 0 {
-		t.Fatal("authztest: no test files")
+		return nil, fmt.Errorf("%w: no test files", ErrInvalidFile)
 	}
+	var suites []*Suite
+	var errs *multierror.Error
+	where := map[string]string{} // case name -> "file: cases[i]"
 	for _, f := range files {
 		s, err := LoadFile(f)
 		if err != nil {
-			t.Errorf("%v", err)
+			errs = multierror.Append(errs, err)
 			continue
 		}
-		t.Run(f, func(t *testing.T) {
+		for i := range s.Cases {
+			at := fmt.Sprintf("%s: cases[%d]", f, i)
+			if first, dup := where[s.Cases[i].Name]; dup {
+				errs = multierror.Append(errs, fmt.Errorf("%w: %s.name: duplicate name %q (first used at %s)", ErrInvalidFile, at, s.Cases[i].Name, first))
+				continue
+			}
+			where[s.Cases[i].Name] = at
+		}
+		suites = append(suites, s)
+	}
+	if errs != nil {
+		errs.ErrorFormat = authz.ListFormat
+		return nil, errs
+	}
+	return suites, nil
+}
+
+// RunT runs test files as subtests of t (one per file and case), so that
+// policy suites run under `go test`. Like RunFiles, it fails when a file is
+// invalid or a case name is used twice across the files.
+func RunT(t *testing.T, files ...string) {
+	t.Helper()
+	suites, err := loadAll(files)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	for _, s := range suites {
+		t.Run(s.File, func(t *testing.T) {
 			for _, r := range s.Run() {
 				t.Run(r.Case.Name, func(t *testing.T) {
 					if r.Failure != "" {

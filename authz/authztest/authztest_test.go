@@ -101,3 +101,30 @@ func TestExpectAssertions(t *testing.T) {
 func TestRunT(t *testing.T) {
 	authztest.RunT(t, write(t, suite("ALLOW", "DENY")))
 }
+
+func TestCaseNamesUniqueAcrossFiles(t *testing.T) {
+	a, b := write(t, suite("ALLOW", "DENY")), write(t, strings.ReplaceAll(suite("ALLOW", "DENY"), "name: sleep", "name: sleep-2"))
+	var out bytes.Buffer
+	assert.Equal(t, authztest.ExitInvalid, authztest.RunFiles(&out, a, b), out.String())
+	assert.Contains(t, out.String(), b+`: cases[1].name: duplicate name "curl" (first used at `+a+`: cases[1])`)
+	assert.NotContains(t, out.String(), "passed")
+
+	out.Reset()
+	c := write(t, strings.NewReplacer("name: sleep", "name: sleep-3", "name: curl", "name: curl-3").Replace(suite("ALLOW", "DENY")))
+	assert.Equal(t, authztest.ExitPass, authztest.RunFiles(&out, a, c), out.String())
+	assert.Contains(t, out.String(), "4 passed, 0 failed")
+}
+
+func TestUnreadablePolicyDocumentDenies(t *testing.T) {
+	c := authztest.Case{
+		Name: "x", Layer: "L4",
+		Policies: "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: test}\nspec: {rules: [{}]}\n" +
+			"---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-all, namespace: test\nspec: {action: DENY, rules: [{}]}\n",
+		Workload: authztest.Workload{Namespace: "test"},
+	}
+	d, err := c.Evaluate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "istio: document 1 (line 6): cannot decode: yaml: line ")
+	assert.False(t, d.Allowed, "a policy document that cannot be read must not be ignored: %v", d)
+	assert.Equal(t, "DENY (invalid policy applies (fail closed))", d.String())
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/meshblocks/meshblocks/authz/authztest"
+	"github.com/meshblocks/meshblocks/authz/istio"
 )
 
 // listFlag is a repeatable string flag.
@@ -41,7 +43,9 @@ func authzCommand() command {
 const authzUsage = `usage:
   meshctl authz test FILE...     run offline policy test suites
   meshctl authz check [flags]    decide one request; prints ALLOW/DENY and what decided
-                                 (exit 0 ALLOW, 1 DENY, 2 bad input)
+                                 (exit 0 ALLOW, 1 DENY, 2 bad input, including policy
+                                 YAML that cannot be decoded; policies that decode but
+                                 are invalid are reported and deny their scope)
 `
 
 func runAuthz(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -142,10 +146,15 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "meshctl authz check: %v\n", err)
 			return 2
 		}
+		if undecodable(stderr, p, data) {
+			return 2
+		}
 		docs = append(docs, string(data))
 	}
 	if len(docs) > 0 {
 		c.Policies = strings.Join(docs, "\n---\n")
+	} else if *reqFile != "" && undecodable(stderr, *reqFile+": policies", []byte(c.Policies)) {
+		return 2
 	}
 	if _, err := c.BuildRequest(); err != nil {
 		fmt.Fprintf(stderr, "meshctl authz check: %v\n", err)
@@ -153,7 +162,8 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	d, err := c.Evaluate()
 	if err != nil {
-		// Invalid policies are reported; they deny their scope (fail closed).
+		// Policies that decode but are invalid are reported; they deny
+		// their scope (fail closed).
 		fmt.Fprintf(stderr, "meshctl authz check: policy errors:\n%v\n", err)
 	}
 	fmt.Fprintln(stdout, d)
@@ -161,4 +171,17 @@ func authzCheck(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	return 1
+}
+
+// undecodable reports (to stderr, naming the source) whether policy YAML
+// holds anything that cannot be decoded: a document that is not YAML or not
+// an object, or a policy whose fields have the wrong shape. Deciding without
+// it would silently drop a policy, so it is bad input.
+func undecodable(stderr io.Writer, source string, data []byte) bool {
+	_, err := istio.Parse(data, istio.Options{})
+	if !errors.Is(err, istio.ErrDecode) {
+		return false
+	}
+	fmt.Fprintf(stderr, "meshctl authz check: %s: cannot decode the policies:\n%v\n", source, err)
+	return true
 }

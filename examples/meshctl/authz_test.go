@@ -113,3 +113,45 @@ func TestAuthzTest(t *testing.T) {
 		t.Fatalf("invalid file: exit %d, stdout %q", code, out.String())
 	}
 }
+
+func TestAuthzCheckUndecodablePolicyIsBadInput(t *testing.T) {
+	good := "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-all, namespace: test}\nspec: {rules: [{}]}\n"
+	tests := []struct {
+		name   string
+		policy string
+		stderr []string
+	}{
+		{"broken yaml", good + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: test\nspec: {action: DENY, rules: [{}]}\n",
+			[]string{"istio: document 1 (line 6): cannot decode: yaml: line "}},
+		{"not a mapping", "- " + strings.ReplaceAll(good, "\n", "\n  "),
+			[]string{"istio: document 0 (line 1): cannot decode: an object must be a mapping, got a list"}},
+		{"unknown field", good + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: test}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {method: [POST]}\n",
+			[]string{`authz: test/deny: spec.rules[0].to[0].operation: unknown field "method" (did you mean "methods"?)`}},
+		{"number for a string", good + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny, namespace: test}\nspec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {ports: [8080]}\n",
+			[]string{"authz: test/deny: spec.rules[0].to[0].operation.ports[0]: must be a string, got number 8080"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pol := writeFile(t, "p.yaml", tc.policy)
+			var out, errb bytes.Buffer
+			code := run(context.Background(), []string{"authz", "check", "-policies", pol, "-namespace", "test", "-port", "8080",
+				"-principal", "cluster.local/ns/test/sa/sleep"}, &out, &errb)
+			if code != 2 || out.Len() != 0 {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want exit 2 and no decision", code, out.String(), errb.String())
+			}
+			for _, s := range append([]string{"meshctl authz check: " + pol + ": cannot decode the policies:"}, tc.stderr...) {
+				if !strings.Contains(errb.String(), s) {
+					t.Errorf("stderr %q does not contain %q", errb.String(), s)
+				}
+			}
+		})
+	}
+	t.Run("inline policies of a request file", func(t *testing.T) {
+		req := writeFile(t, "r.yaml", "layer: L4\nworkload: {namespace: test}\nrequest: {destination: {port: 8080}}\npolicies: |\n  - not: an object\n")
+		var out, errb bytes.Buffer
+		code := run(context.Background(), []string{"authz", "check", "-request", req}, &out, &errb)
+		if code != 2 || !strings.Contains(errb.String(), req+": policies: cannot decode the policies:") {
+			t.Fatalf("exit %d, stdout %q, stderr %q", code, out.String(), errb.String())
+		}
+	})
+}
