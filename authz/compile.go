@@ -2,6 +2,7 @@ package authz
 
 import (
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -14,6 +15,7 @@ const (
 	ckNamespaceL4
 	ckNamespaceL7
 	ckServiceAccount
+	ckServiceAccountL7
 	ckTrustDomain
 	ckSourceIP
 	ckRemoteIP
@@ -31,7 +33,18 @@ const (
 	ckPred
 )
 
-type saPat struct{ ns, sa string }
+// saPat is one serviceAccounts value. At L7, re is set when ns or sa holds
+// a regular-expression metacharacter: Istio pastes both into a regex
+// unescaped, so they keep their regex meaning there.
+type saPat struct {
+	ns, sa string
+	re     *regexp.Regexp
+}
+
+// reqPat is one requestPrincipals value (or request.auth.principal
+// condition value), matched, like Istio, as two matchers on the JWT's iss
+// and sub claims.
+type reqPat struct{ iss, sub strPat }
 
 // check is one compiled attribute test: "some pos value matches" (when pos
 // is set) AND "no neg value matches".
@@ -43,6 +56,7 @@ type check struct {
 	npos, nneg []uint16
 	gpos, gneg []string
 	spos, sneg []saPat
+	rpos, rneg []reqPat
 	hasPos     bool
 	name       string   // header name (lower case)
 	claim      []string // claim path
@@ -103,15 +117,96 @@ func (cc *compileCtx) saCheck(pos, neg []string) check {
 	g := func(vs []string) []saPat {
 		var out []saPat
 		for _, v := range vs {
-			ns, sa, ok := strings.Cut(v, "/")
-			if !ok {
-				ns, sa = cc.p.Namespace, v
+			p := saPat{}
+			p.ns, p.sa = splitSA(cc.p.Namespace, v)
+			if cc.layer == L7 && (strings.ContainsAny(p.ns, regexMeta) || strings.ContainsAny(p.sa, regexMeta)) {
+				re, err := regexp.Compile(serviceAccountRegex(p.ns, p.sa))
+				if err != nil {
+					continue // rejected by Validate
+				}
+				p.re = re
 			}
-			out = append(out, saPat{ns, sa})
+			out = append(out, p)
 		}
 		return out
 	}
-	return check{kind: ckServiceAccount, spos: g(pos), sneg: g(neg), hasPos: len(pos) > 0}
+	k := ckServiceAccount
+	if cc.layer == L7 {
+		k = ckServiceAccountL7
+	}
+	return check{kind: k, spos: g(pos), sneg: g(neg), hasPos: len(pos) > 0}
+}
+
+// regexMeta holds the bytes with a meaning in an RE2 regular expression.
+const regexMeta = `\.+*?()|[]{}^$`
+
+// splitSA splits a serviceAccounts value, "ns/sa" or a bare "sa" in the
+// policy's namespace.
+func splitSA(policyNS, v string) (ns, sa string) {
+	ns, sa, ok := strings.Cut(v, "/")
+	if !ok {
+		return policyNS, v
+	}
+	return ns, sa
+}
+
+// serviceAccountRegex is the regex Envoy fully matches against the peer's
+// URI SAN for a serviceAccounts value at a waypoint: any trust domain and
+// path before /ns/<ns>/, optional segments before sa/<sa>, and only
+// "/..." after it (pilot/pkg/security/authz/model/generator.go).
+func serviceAccountRegex(ns, sa string) string {
+	return "^(?:spiffe://.+/ns/" + ns + "/(.+/|)sa/" + sa + "(/.+)?)$"
+}
+
+// reqPats compiles requestPrincipals values the way istiod does: the value
+// is split at its last '/' into an issuer and a subject; "*" needs both
+// non-empty; a leading '*' makes the issuer a suffix (or, with no '/', any
+// issuer and a subject suffix) with an exact subject; a trailing '*' makes
+// the subject a prefix (or, with no '/', an issuer prefix and any subject)
+// with an exact issuer; otherwise both are exact.
+func reqPats(vs []string) []reqPat {
+	if len(vs) == 0 {
+		return nil
+	}
+	nonEmpty := strPat{kind: patPresence}
+	out := make([]reqPat, len(vs))
+	for i, v := range vs {
+		idx := strings.LastIndexByte(v, '/')
+		found := idx >= 0
+		iss, sub := v, ""
+		if found {
+			iss, sub = v[:idx], v[idx+1:]
+		}
+		var p reqPat
+		switch {
+		case v == "*":
+			p = reqPat{nonEmpty, nonEmpty}
+		case strings.HasPrefix(v, "*") && found:
+			p.iss = strPat{kind: patSuffix, s: iss[1:]}
+			if iss == "*" {
+				p.iss = nonEmpty
+			}
+			p.sub = strPat{kind: patExact, s: sub}
+		case strings.HasPrefix(v, "*"):
+			p = reqPat{nonEmpty, strPat{kind: patSuffix, s: v[1:]}}
+		case strings.HasSuffix(v, "*") && found:
+			p.iss = strPat{kind: patExact, s: iss}
+			p.sub = strPat{kind: patPrefix, s: sub[:len(sub)-1]}
+			if sub == "*" {
+				p.sub = nonEmpty
+			}
+		case strings.HasSuffix(v, "*"):
+			p = reqPat{strPat{kind: patPrefix, s: v[:len(v)-1]}, nonEmpty}
+		default:
+			p = reqPat{strPat{kind: patExact, s: iss}, strPat{kind: patExact, s: sub}}
+		}
+		out[i] = p
+	}
+	return out
+}
+
+func reqPrincipalCheck(pos, neg []string) check {
+	return check{kind: ckReqPrincipal, rpos: reqPats(pos), rneg: reqPats(neg), hasPos: len(pos) > 0}
 }
 
 func ipCheck(k ckind, pos, neg []string) check {
@@ -187,7 +282,7 @@ func (cc *compileCtx) condCheck(c Condition) (check, bool) {
 	case "connection.sni":
 		return cc.strCheck(ckSNI, c.Values, c.NotValues), true
 	case "request.auth.principal":
-		return cc.strCheck(ckReqPrincipal, c.Values, c.NotValues), true
+		return reqPrincipalCheck(c.Values, c.NotValues), true
 	case "request.auth.audiences":
 		return cc.strCheck(ckAudiences, c.Values, c.NotValues), true
 	case "request.auth.presenter":
@@ -234,7 +329,7 @@ func ruleHTTP(r *Rule) bool {
 }
 
 func add(m match, c check) match {
-	if c.hasPos || len(c.neg)+len(c.pneg)+len(c.ineg)+len(c.nneg)+len(c.gneg)+len(c.sneg) > 0 {
+	if c.hasPos || len(c.neg)+len(c.pneg)+len(c.ineg)+len(c.nneg)+len(c.gneg)+len(c.sneg)+len(c.rneg) > 0 {
 		return append(m, c)
 	}
 	return m
@@ -259,7 +354,7 @@ func (cc *compileCtx) compileRule(i int, r *Rule) (crule, bool) {
 			if !l4 {
 				m = add(m, cc.strCheck(ckTrustDomain, s.TrustDomains, s.NotTrustDomains))
 				m = add(m, ipCheck(ckRemoteIP, s.RemoteIPBlocks, s.NotRemoteIPBlocks))
-				m = add(m, cc.strCheck(ckReqPrincipal, s.RequestPrincipals, s.NotRequestPrincipals))
+				m = add(m, reqPrincipalCheck(s.RequestPrincipals, s.NotRequestPrincipals))
 			}
 			cl = append(cl, m) // an empty match (L4: only HTTP fields or trustDomains) never matches
 		}

@@ -8,14 +8,14 @@ import (
 
 // ectx holds per-request values derived once.
 type ectx struct {
-	r             *Request
-	peer          string
-	td, ns, sa    string
-	idOK          bool // peer has the td/ns/N/sa/S shape
-	path          string
-	remote        netip.Addr
-	authPrincipal string
-	hasAuth       bool
+	r          *Request
+	peer       string
+	td, ns, sa string
+	idOK       bool // peer has the td/ns/N/sa/S shape
+	path       string
+	remote     netip.Addr
+	iss, sub   string // the JWT's issuer and subject
+	hasAuth    bool
 }
 
 func newEctx(r *Request) ectx {
@@ -28,7 +28,13 @@ func newEctx(r *Request) ectx {
 	}
 	if r.Auth != nil {
 		e.hasAuth = true
-		e.authPrincipal = r.Auth.Principal
+		e.iss, e.sub = splitLast(r.Auth.Principal)
+		if s, ok := r.Auth.Claims["iss"].(string); ok {
+			e.iss = s
+		}
+		if s, ok := r.Auth.Claims["sub"].(string); ok {
+			e.sub = s
+		}
 	}
 	return e
 }
@@ -145,6 +151,22 @@ func (c *check) match(e *ectx) bool {
 			return false
 		}
 		return !has(c.sneg)
+	case ckServiceAccountL7:
+		if e.peer == "" {
+			return !c.hasPos
+		}
+		has := func(ps []saPat) bool {
+			for i := range ps {
+				if ps[i].matchL7(e.peer) {
+					return true
+				}
+			}
+			return false
+		}
+		if c.hasPos && !has(c.spos) {
+			return false
+		}
+		return !has(c.sneg)
 	case ckSourceIP, ckRemoteIP, ckDestIP:
 		a := r.SourceIP
 		if c.kind == ckRemoteIP {
@@ -204,22 +226,21 @@ func (c *check) match(e *ectx) bool {
 		}
 		return !has(c.neg)
 	case ckReqPrincipal:
-		if !e.hasAuth || e.authPrincipal == "" {
+		if !e.hasAuth {
 			return !c.hasPos
 		}
-		iss, sub := splitLast(e.authPrincipal)
-		has := func(ps []strPat) bool {
+		has := func(ps []reqPat) bool {
 			for _, p := range ps {
-				if reqPrincipalMatch(p, e.authPrincipal, iss, sub) {
+				if p.iss.match(e.iss) && p.sub.match(e.sub) {
 					return true
 				}
 			}
 			return false
 		}
-		if c.hasPos && !has(c.pos) {
+		if c.hasPos && !has(c.rpos) {
 			return false
 		}
-		return !has(c.neg)
+		return !has(c.rneg)
 	case ckPresenter:
 		if !e.hasAuth {
 			return !c.hasPos
@@ -318,17 +339,4 @@ func splitLast(p string) (iss, sub string) {
 		return p, ""
 	}
 	return p[:i], p[i+1:]
-}
-
-// reqPrincipalMatch matches one requestPrincipals value: "*" needs a non-empty
-// iss and sub; "<iss>/*" is that exact issuer with any non-empty subject;
-// any other value is matched against the whole "<iss>/<sub>".
-func reqPrincipalMatch(p strPat, full, iss, sub string) bool {
-	switch {
-	case p.kind == patPresence:
-		return iss != "" && sub != ""
-	case p.kind == patPrefix && strings.HasSuffix(p.s, "/"):
-		return iss == p.s[:len(p.s)-1] && sub != ""
-	}
-	return p.match(full)
 }

@@ -238,3 +238,50 @@ func containsAddr(ps []netip.Prefix, a netip.Addr) bool {
 	}
 	return false
 }
+
+// matchL7 reports whether a waypoint's serviceAccounts matcher for p accepts
+// peer (without "spiffe://"): the full-match regex
+// spiffe://.+/ns/<ns>/(.+/|)sa/<sa>(/.+)? of serviceAccountRegex. Literal
+// values are matched without a regexp and without allocating; like the
+// regex's '.', the wildcard parts never span a newline.
+func (p *saPat) matchL7(peer string) bool {
+	if p.re != nil {
+		return p.re.MatchString("spiffe://" + peer)
+	}
+	if peer == "" || peer[0] == '\n' {
+		return false
+	}
+	nsPart := len("/ns/") + len(p.ns) + 1
+	for i := 1; i+nsPart <= len(peer); i++ {
+		if peer[i] == '\n' {
+			return false // X (".+") cannot span it; nothing further can start
+		}
+		if peer[i] != '/' || peer[i+1:i+4] != "ns/" || peer[i+4:i+4+len(p.ns)] != p.ns || peer[i+4+len(p.ns)] != '/' {
+			continue
+		}
+		if saTail(peer[i+nsPart:], p.sa) {
+			return true
+		}
+	}
+	return false
+}
+
+// saTail matches rest against (.+/|)sa/<sa>(/.+)?.
+func saTail(rest, sa string) bool {
+	for j := 0; j+3+len(sa) <= len(rest); j++ {
+		if j > 0 && rest[j-1] == '\n' {
+			return false
+		}
+		if j == 1 || (j > 1 && rest[j-1] != '/') {
+			continue // the optional segments are ".+/": at least one byte and a '/'
+		}
+		if rest[j:j+3] != "sa/" || rest[j+3:j+3+len(sa)] != sa {
+			continue
+		}
+		tail := rest[j+3+len(sa):]
+		if tail == "" || (len(tail) >= 2 && tail[0] == '/' && strings.IndexByte(tail, '\n') < 0) {
+			return true
+		}
+	}
+	return false
+}

@@ -153,8 +153,10 @@ type Workload struct {
 
 // JWT is the payload of an already-validated request JWT.
 type JWT struct {
-	// Principal is "<iss>/<sub>". When empty it is derived from the iss and
-	// sub claims.
+	// Principal is "<iss>/<sub>". requestPrincipals and
+	// request.auth.principal match, as in Istio, the issuer and subject
+	// separately: the iss and sub claims when Claims has them, otherwise
+	// Principal split at its last '/'.
 	Principal string
 	// Audiences and Presenter default to the aud and azp claims.
 	Audiences []string

@@ -3,6 +3,7 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -238,6 +239,14 @@ func (v *validator) saCheck(f, s string) {
 	parts := strings.Split(s, "/")
 	if strings.Contains(s, "*") || len(parts) > 2 || parts[0] == "" || parts[len(parts)-1] == "" {
 		v.add(f, "%q must be \"sa\" or \"ns/sa\" without wildcards", s)
+		return
+	}
+	// Istio pastes the value into a regex unescaped; Envoy would reject
+	// the waypoint's configuration if it does not compile.
+	if ns, sa := splitSA(v.p.Namespace, s); strings.ContainsAny(ns+sa, regexMeta) {
+		if _, err := regexp.Compile(serviceAccountRegex(ns, sa)); err != nil {
+			v.add(f, "%q is not usable: the regex Istio builds from it does not compile: %v", s, err)
+		}
 	}
 }
 
