@@ -22,9 +22,15 @@
 // normalisation); 404 when route configuration exists but nothing matches;
 // 503 (VirtualService) or 500 (Gateway API) when a destination does not
 // exist. Endpoints are balanced by least request (power of two choices),
-// round robin, random or a consistent-hash ring, with locality preference.
-// Services without a waypoint use ztunnel's STANDARD, STRICT and FAILOVER
-// modes.
+// round robin, random or consistent hashing (Envoy's ring hash or Maglev
+// table; the hash function differs from Envoy's, so a given key may land
+// on another endpoint than in Envoy, with the same spread and the same
+// behaviour when endpoints come and go). Locality is relative to the
+// waypoint (Config.WaypointLocality): DestinationRule localityLbSetting
+// (distribute, failover, failoverPriority; failover only with outlier
+// detection, as in Istio), else the Service's trafficDistribution, else
+// the mesh default. Services without a waypoint use ztunnel's STANDARD,
+// STRICT, FAILOVER and PASSTHROUGH modes.
 //
 // The actions of a Result (rewrites, redirects, header operations, mirrors,
 // faults, timeouts, retries) are data: the waypoint executes them with the

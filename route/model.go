@@ -63,14 +63,22 @@ type Service struct {
 	InternalTrafficPolicy string
 	// PublishNotReadyAddresses makes ztunnel include unhealthy endpoints.
 	PublishNotReadyAddresses bool
+	// Passthrough is a ServiceEntry with resolution NONE: connections go
+	// to the address the client dialled, no endpoint is chosen (ztunnel's
+	// PASSTHROUGH mode).
+	Passthrough bool
 }
 
 // Port is one Service port.
 type Port struct {
-	Port        int
-	Name        string
-	TargetPort  int
-	AppProtocol string
+	Port int
+	Name string
+	// TargetPort is the endpoints' port; zero means Port.
+	TargetPort int
+	// TargetPortName is a named target port: only endpoints that define a
+	// port of that name (Endpoint.Ports) serve this Service port.
+	TargetPortName string
+	AppProtocol    string
 }
 
 // Locality is where a workload (or client) runs.
@@ -80,8 +88,16 @@ type Locality struct {
 
 // Endpoint is one backend workload address of a Service.
 type Endpoint struct {
+	// IP is the workload address. It may be empty for a workload on
+	// another network that is reachable only through NetworkGateway.
 	IP     string
 	Labels map[string]string
+	// Ports are the workload's named ports (name -> number), for Service
+	// ports with a TargetPortName.
+	Ports map[string]int
+	// NetworkGateway is the address of the gateway that reaches this
+	// workload from other networks; optional.
+	NetworkGateway string
 	Locality
 	// Unhealthy marks a not-ready endpoint.
 	Unhealthy bool
@@ -387,27 +403,102 @@ type HashKey struct {
 // IsZero reports whether no key is set.
 func (k HashKey) IsZero() bool { return k == HashKey{} }
 
-// LB is a load-balancing policy.
+// LB is a load-balancing policy (a DestinationRule loadBalancer).
 type LB struct {
 	Kind LBKind
 	Hash HashKey
-	// RingSize is the minimum ring size; if zero, 1024.
+	// Maglev selects Envoy's Maglev table instead of the ring for
+	// ConsistentHash.
+	Maglev bool
+	// RingSize is the minimum ring size of the ring hash (if zero, 1024) or
+	// the Maglev table size, a prime (if zero, 65537).
 	RingSize int
-	// Failover enables locality-prioritised balancing over these scopes
-	// relative to the waypoint ("network", "region", "zone", ...).
-	Failover []string
+	// Locality is the localityLbSetting of this level; nil when unset (the
+	// Service's trafficDistribution, then the mesh default apply).
+	Locality *LocalityLB
 }
+
+// LocalityLB is a DestinationRule localityLbSetting. Locality is relative to
+// the waypoint (Config.WaypointLocality). Distribute applies on its own;
+// failover (the default region/zone/subzone order, Failover and
+// FailoverPriority) applies only when outlier detection is configured for
+// the destination, as in Istio (Envoy never leaves a priority level
+// without it).
+type LocalityLB struct {
+	// Disabled is "enabled: false": no locality preference at all, not
+	// even from the Service's trafficDistribution.
+	Disabled bool
+	// Distribute sets the share of traffic per locality; the first entry
+	// whose From matches the waypoint applies.
+	Distribute []LocalityDistribute
+	// Failover names the region to fail over to when the waypoint's region
+	// has no endpoint left; other regions come after it.
+	Failover []RegionFailover
+	// FailoverPriority orders endpoints by how many of these labels, in
+	// order, have the same value as the waypoint (or the given value).
+	FailoverPriority []FailoverLabel
+}
+
+// LocalityDistribute is one distribute entry: from a waypoint locality
+// ("region/zone/subzone", "*" matches anything) to weighted localities.
+type LocalityDistribute struct {
+	From string
+	To   []LocalityShare
+}
+
+// LocalityShare is the weight (percent) of the endpoints in the localities
+// matching Locality.
+type LocalityShare struct {
+	Locality string
+	Weight   uint32
+}
+
+// RegionFailover is one failover entry: from region From to region To.
+type RegionFailover struct{ From, To string }
+
+// FailoverLabel is one failoverPriority entry: a label name, optionally
+// with the value to compare with instead of the waypoint's own. The
+// topology labels (topology.istio.io/network, topology.kubernetes.io/region,
+// topology.kubernetes.io/zone, topology.istio.io/subzone and
+// kubernetes.io/hostname) are compared with the localities; other labels
+// with the endpoints' labels and need a Value.
+type FailoverLabel struct {
+	Label    string
+	Value    string
+	HasValue bool
+}
+
+// Well-known topology labels.
+const (
+	LabelNetwork  = "topology.istio.io/network"
+	LabelRegion   = "topology.kubernetes.io/region"
+	LabelZone     = "topology.kubernetes.io/zone"
+	LabelSubzone  = "topology.istio.io/subzone"
+	LabelHostname = "kubernetes.io/hostname"
+)
 
 // TrafficPolicy is one level of a destination policy.
 type TrafficPolicy struct {
 	// LB is nil when not set at this level.
 	LB *LB
+	// OutlierDetection reports whether outlierDetection is set at this
+	// level; locality failover needs it.
+	OutlierDetection bool
 	// Ports holds port-level overrides; each replaces the level's policy
-	// wholesale for that port.
-	Ports map[int]*LB
+	// wholesale for that port: a field it leaves unset is the default, not
+	// the level's (Istio's MergeSubsetTrafficPolicy).
+	Ports map[int]PortPolicy
 }
 
-// Subset is a named group of endpoints selected by labels.
+// PortPolicy is a portLevelSettings entry.
+type PortPolicy struct {
+	LB               *LB
+	OutlierDetection bool
+}
+
+// Subset is a named group of endpoints selected by labels. Its policy
+// overrides the DestinationRule's field by field (loadBalancer and
+// outlierDetection each replace the parent's when set).
 type Subset struct {
 	Name   string
 	Labels map[string]string

@@ -3,6 +3,7 @@ package route
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"regexp"
@@ -67,14 +68,38 @@ func (d Destination) String() string {
 // Cluster is a set of endpoints with a load-balancing policy.
 type Cluster struct {
 	Destination
-	// Endpoints are the healthy endpoints selected (best locality first).
+	// Endpoints are the endpoints in use: healthy, serving the port,
+	// reachable, in the subset, and of the best locality priority (or, when
+	// the DestinationRule distributes by locality, grouped by locality).
 	Endpoints []*Endpoint
-	LB        LB
+	// LB is the merged load-balancing policy.
+	LB LB
 	// hashHeader is LB.Hash.Header in canonical form (as Request.Header keys).
 	hashHeader string
+	// localities partition Endpoints when traffic is distributed by
+	// locality; groups chooses one by weight.
+	localities []localityGroup
+	groups     Weighted[int]
 	ring       []ringEntry
-	rr         atomic.Uint64
+	maglev     []int32
+	rr         []atomic.Uint64 // per locality group (one without groups)
 	active     []atomic.Int64
+}
+
+// LocalityShares reports, when the cluster distributes traffic by locality,
+// each locality's share of requests (its weight over the sum); nil
+// otherwise.
+func (c *Cluster) LocalityShares() map[Locality]float64 {
+	if len(c.localities) == 0 {
+		return nil
+	}
+	out := map[Locality]float64{}
+	total := float64(c.groups.Total())
+	for _, g := range c.localities {
+		l := c.Endpoints[g.lo].Locality
+		out[Locality{Region: l.Region, Zone: l.Zone, Subzone: l.Subzone}] = float64(g.weight) / total
+	}
+	return out
 }
 
 // VirtualHost is the compiled routing for one (Service, port).
@@ -200,6 +225,11 @@ func Build(cfg Config) (*Table, error) {
 	policies := map[string]*Policy{}
 	for i := range cfg.Policies {
 		p := &cfg.Policies[i]
+		pf := "spec"
+		if p.Kind == "" {
+			pf = fmt.Sprintf("policies[%d]", i)
+		}
+		validatePolicy(p, pf, bad)
 		if _, ok := policies[p.Host]; !ok {
 			policies[p.Host] = p
 		}
@@ -300,6 +330,41 @@ func Build(cfg Config) (*Table, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, errs)
 	}
 	return t, nil
+}
+
+// validatePolicy checks what the adapters cannot: settings Envoy rejects
+// and labels the waypoint cannot compare.
+func validatePolicy(p *Policy, f string, bad func(obj, field, format string, a ...any)) {
+	obj := cmp.Or(p.Kind, "Policy") + " " + p.Namespace + "/" + p.Name
+	check := func(lf string, lb *LB) {
+		if lb == nil {
+			return
+		}
+		if lb.Maglev && lb.RingSize != 0 && !isPrime(lb.RingSize) {
+			bad(obj, lf+".consistentHash.maglev.tableSize", "%d is not a prime number", lb.RingSize)
+		}
+		if lb.RingSize < 0 || lb.RingSize > maxRingSize {
+			bad(obj, lf+".consistentHash", "table or ring size %d is out of range 0..%d", lb.RingSize, maxRingSize)
+		}
+		if lb.Locality == nil {
+			return
+		}
+		for i, l := range lb.Locality.FailoverPriority {
+			if !l.HasValue && !isTopologyLabel(l.Label) {
+				bad(obj, fmt.Sprintf("%s.localityLbSetting.failoverPriority[%d]", lf, i), "label %q needs a value: the waypoint's own labels are not known", l.Label)
+			}
+		}
+	}
+	level := func(lf string, tp *TrafficPolicy) {
+		check(lf+".loadBalancer", tp.LB)
+		for _, port := range slices.Sorted(maps.Keys(tp.Ports)) {
+			check(fmt.Sprintf("%s.portLevelSettings[port %d].loadBalancer", lf, port), tp.Ports[port].LB)
+		}
+	}
+	level(f+".trafficPolicy", &p.Policy)
+	for i := range p.Subsets {
+		level(fmt.Sprintf("%s.subsets[%d].trafficPolicy", f, i), &p.Subsets[i].Policy)
+	}
 }
 
 func listFormat(es []error) string {
@@ -756,23 +821,34 @@ func pickEndpoint(res Result, c *Cluster, useHash bool, req *Request, r Rand) Re
 	}
 	res.Kind = Forward
 	idx := -1
-	switch c.LB.Kind {
-	case ConsistentHash:
-		if h, ok := c.hashRequest(req); useHash && ok {
-			idx = ringLookup(c.ring, h)
-		} else {
-			idx = int(r.Uint64() % uint64(n))
+	if c.LB.Kind == ConsistentHash {
+		// Envoy's hashing balancers use a random point when the request
+		// has no key; the table already reflects locality weights.
+		h, ok := c.hashRequest(req)
+		if !useHash || !ok {
+			h = r.Uint64()
 		}
-	case RoundRobin:
-		idx = int((c.rr.Add(1) - 1) % uint64(n))
-	case Random, Passthrough:
-		idx = int(r.Uint64() % uint64(n))
-	default: // least request, power of two choices
-		a := int(r.Uint64() % uint64(n))
-		b := int(r.Uint64() % uint64(n))
-		idx = a
-		if c.active[b].Load() < c.active[a].Load() {
-			idx = b
+		idx = c.hashLookup(h)
+	} else {
+		// Locality-weighted clusters choose a locality first, then an
+		// endpoint in it.
+		lo, g := 0, 0
+		if c.groups.Len() > 0 {
+			g = c.groups.Item(c.groups.Pick(r.Uint64()))
+			lo, n = c.localities[g].lo, c.localities[g].hi-c.localities[g].lo
+		}
+		switch c.LB.Kind {
+		case RoundRobin:
+			idx = lo + int((c.rr[g].Add(1)-1)%uint64(n))
+		case Random, Passthrough:
+			idx = lo + int(r.Uint64()%uint64(n))
+		default: // least request, power of two choices
+			a := lo + int(r.Uint64()%uint64(n))
+			b := lo + int(r.Uint64()%uint64(n))
+			idx = a
+			if c.active[b].Load() < c.active[a].Load() {
+				idx = b
+			}
 		}
 	}
 	c.active[idx].Add(1)

@@ -1,7 +1,6 @@
 package route
 
-// ---- locality ----
-
+// scopeMatch compares one locality field, as ztunnel does.
 func scopeMatch(scope string, a, b Locality) bool {
 	switch scope {
 	case "network":
@@ -9,9 +8,9 @@ func scopeMatch(scope string, a, b Locality) bool {
 	case "region":
 		return a.Region == b.Region
 	case "zone":
-		return a.Region == b.Region && a.Zone == b.Zone
+		return a.Zone == b.Zone
 	case "subzone":
-		return a.Region == b.Region && a.Zone == b.Zone && a.Subzone == b.Subzone
+		return a.Subzone == b.Subzone
 	case "node":
 		return a.Node == b.Node
 	}

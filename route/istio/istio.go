@@ -649,22 +649,8 @@ func (c *conv) httpRoute(f string, hr *v1alpha3.HTTPRoute) route.HTTPRoute {
 	return out
 }
 
-// scopeOf maps a failoverPriority topology label to a locality scope.
-func scopeOf(label string) (string, bool) {
-	switch label {
-	case "topology.istio.io/network":
-		return "network", true
-	case "topology.kubernetes.io/region":
-		return "region", true
-	case "topology.kubernetes.io/zone":
-		return "zone", true
-	case "topology.istio.io/subzone":
-		return "subzone", true
-	case "kubernetes.io/hostname":
-		return "node", true
-	}
-	return "", false
-}
+// maxMaglevTableSize is Envoy's limit for a Maglev table.
+const maxMaglevTableSize = 5000011
 
 func (c *conv) lb(f string, s *v1alpha3.LoadBalancerSettings) *route.LB {
 	if s == nil {
@@ -705,21 +691,145 @@ func (c *conv) lb(f string, s *v1alpha3.LoadBalancerSettings) *route.LB {
 		if rh := ch.GetRingHash(); rh != nil && rh.MinimumRingSize > 0 {
 			lb.RingSize = int(rh.MinimumRingSize)
 		}
-	}
-	if ls := s.LocalityLbSetting; ls != nil && (ls.Enabled == nil || ls.Enabled.Value) {
-		if len(ls.FailoverPriority) > 0 {
-			for i, l := range ls.FailoverPriority {
-				sc, ok := scopeOf(strings.SplitN(l, "=", 2)[0])
-				if !ok {
-					c.bad(fmt.Sprintf("%s.localityLbSetting.failoverPriority[%d]", f, i), "unsupported label %q", l)
+		if mg := ch.GetMaglev(); mg != nil {
+			lb.Maglev = true
+			lb.RingSize = 0
+			if n := mg.TableSize; n != 0 {
+				if n > maxMaglevTableSize || !isPrime(n) {
+					c.bad(f+".consistentHash.maglev.tableSize", "%d must be a prime number not above %d", n, maxMaglevTableSize)
+				} else {
+					lb.RingSize = int(n)
 				}
-				lb.Failover = append(lb.Failover, sc)
 			}
-		} else {
-			lb.Failover = []string{"region", "zone", "subzone"}
 		}
 	}
+	if s.ZoneAwareLbSetting != nil {
+		c.bad(f+".zoneAwareLbSetting", "not supported")
+	}
+	if ls := s.LocalityLbSetting; ls != nil {
+		lb.Locality = c.locality(f+".localityLbSetting", ls)
+	}
 	return lb
+}
+
+func isPrime(n uint64) bool {
+	if n < 2 {
+		return false
+	}
+	for d := uint64(2); d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// locality converts and validates a localityLbSetting as Istio's
+// ValidateLocalityLbSetting does. (Failover without outlier detection is
+// only a warning there: it is accepted and has no effect.)
+func (c *conv) locality(f string, ls *v1alpha3.LocalityLoadBalancerSetting) *route.LocalityLB {
+	out := &route.LocalityLB{Disabled: ls.Enabled != nil && !ls.Enabled.Value}
+	if len(ls.Distribute) > 0 && len(ls.Failover) > 0 {
+		c.bad(f, "can not simultaneously specify 'distribute' and 'failover'")
+	}
+	for i, d := range ls.Distribute {
+		df := fmt.Sprintf("%s.distribute[%d]", f, i)
+		c.checkLocality(df+".from", d.From)
+		if len(d.To) == 0 {
+			c.bad(df+".to", "at least one locality is required")
+		}
+		var total uint32
+		dist := route.LocalityDistribute{From: d.From}
+		for _, loc := range slices.Sorted(maps.Keys(d.To)) {
+			w := d.To[loc]
+			if w == 0 || w > 100 {
+				c.bad(df+".to."+loc, "locality weight must be in range [1, 100], got %d", w)
+			}
+			total += w
+			c.checkLocality(df+".to."+loc, loc)
+			dist.To = append(dist.To, route.LocalityShare{Locality: loc, Weight: w})
+		}
+		if len(d.To) > 0 && total != 100 {
+			c.bad(df+".to", "total locality weight %d != 100", total)
+		}
+		c.checkOverlap(df+".to", slices.Sorted(maps.Keys(d.To)))
+		out.Distribute = append(out.Distribute, dist)
+	}
+	for i, fo := range ls.Failover {
+		ff := fmt.Sprintf("%s.failover[%d]", f, i)
+		switch {
+		case fo.From == fo.To:
+			c.bad(ff, "locality lb failover settings must specify different regions")
+		case strings.Contains(fo.From, "/") || strings.Contains(fo.To, "/"):
+			c.bad(ff, "locality lb failover only specify region")
+		case strings.Contains(fo.From, "*") || strings.Contains(fo.To, "*"):
+			c.bad(ff, "locality lb failover region should not contain '*' wildcard")
+		}
+		out.Failover = append(out.Failover, route.RegionFailover{From: fo.From, To: fo.To})
+	}
+	for i, l := range ls.FailoverPriority {
+		lf := fmt.Sprintf("%s.failoverPriority[%d]", f, i)
+		name, value, hasValue := strings.Cut(l, "=")
+		switch name {
+		case route.LabelRegion, route.LabelZone, route.LabelSubzone:
+			if len(ls.Failover) > 0 {
+				c.bad(lf, "can not simultaneously set 'failover' and topology label '%s' in 'failoverPriority'", name)
+			}
+		case route.LabelNetwork, route.LabelHostname:
+		default:
+			if !hasValue {
+				// Istio compares it with the waypoint's own labels,
+				// which this library does not know.
+				c.bad(lf, "label %q needs a value (%s=<value>): the waypoint's own labels are not known", name, name)
+			}
+		}
+		if name == "" {
+			c.bad(lf, "label name is required")
+		}
+		out.FailoverPriority = append(out.FailoverPriority, route.FailoverLabel{Label: name, Value: value, HasValue: hasValue})
+	}
+	return out
+}
+
+// checkLocality checks a "region/zone/subzone" locality: at most one "*",
+// and only at the end.
+func (c *conv) checkLocality(f, loc string) {
+	if loc == "" {
+		c.bad(f, "locality is required")
+		return
+	}
+	if n := strings.Count(loc, "*"); n > 1 || (n == 1 && !strings.HasSuffix(loc, "*")) {
+		c.bad(f, "locality %s wildcard '*' number can not exceed 1 and must be in the end", loc)
+	}
+	if strings.Count(loc, "/") > 2 {
+		c.bad(f, "locality %s has more than region/zone/subzone", loc)
+	}
+}
+
+// checkOverlap rejects destination localities that overlap (one matches
+// the other), as Istio's validateLocalities does.
+func (c *conv) checkOverlap(f string, locs []string) {
+	for i, a := range locs {
+		for _, b := range locs[i+1:] {
+			if localityCovers(a, b) || localityCovers(b, a) {
+				c.bad(f, "locality %s overlaps with %s", a, b)
+			}
+		}
+	}
+}
+
+// localityCovers reports whether pattern a matches every locality b does.
+func localityCovers(a, b string) bool {
+	pa, pb := strings.Split(a, "/"), strings.Split(b, "/")
+	for i, x := range pa {
+		if x == "*" {
+			return true
+		}
+		if i >= len(pb) || pb[i] != x {
+			return false
+		}
+	}
+	return len(pa) <= len(pb)
 }
 
 func (c *conv) trafficPolicy(f string, tp *v1alpha3.TrafficPolicy) route.TrafficPolicy {
@@ -727,17 +837,23 @@ func (c *conv) trafficPolicy(f string, tp *v1alpha3.TrafficPolicy) route.Traffic
 	if tp == nil {
 		return out
 	}
+	out.OutlierDetection = tp.OutlierDetection != nil
 	out.LB = c.lb(f+".loadBalancer", tp.LoadBalancer)
 	for i, pl := range tp.PortLevelSettings {
 		pf := fmt.Sprintf("%s.portLevelSettings[%d]", f, i)
-		if pl.Port == nil || pl.Port.Number == 0 {
-			c.bad(pf+".port.number", "required")
+		if pl.Port == nil || pl.Port.Number == 0 || pl.Port.Number > 65535 {
+			c.bad(pf+".port.number", "must be in 1..65535")
 			continue
 		}
 		if out.Ports == nil {
-			out.Ports = map[int]*route.LB{}
+			out.Ports = map[int]route.PortPolicy{}
 		}
-		out.Ports[int(pl.Port.Number)] = c.lb(pf+".loadBalancer", pl.LoadBalancer)
+		n := int(pl.Port.Number)
+		if _, dup := out.Ports[n]; dup {
+			c.bad(pf+".port.number", "duplicate port %d", n)
+		}
+		od := pl.OutlierDetection != nil
+		out.Ports[n] = route.PortPolicy{LB: c.lb(pf+".loadBalancer", pl.LoadBalancer), OutlierDetection: od}
 	}
 	return out
 }

@@ -131,6 +131,86 @@ spec:
 	}
 }
 
+func TestLocalityAndHashSettings(t *testing.T) {
+	objs, err := istio.Decode([]byte(`
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shop, namespace: default}
+spec:
+  host: shop
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 3}
+    loadBalancer:
+      consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 1021}}
+      localityLbSetting:
+        distribute:
+        - from: r1/z1/*
+          to: {"r2/*": 30, "r1/z1/*": 70}
+    portLevelSettings:
+    - port: {number: 8080}
+      loadBalancer:
+        localityLbSetting:
+          failover: [{from: r1, to: r2}]
+          failoverPriority: [topology.istio.io/network, "tier=gold"]
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer: {localityLbSetting: {enabled: false}}
+`))
+	require.NoError(t, err)
+	res, err := istio.Convert(objs, "")
+	require.NoError(t, err)
+	p := res.Policies[0].Policy
+	assert.True(t, p.OutlierDetection)
+	assert.True(t, p.LB.Maglev)
+	assert.Equal(t, 1021, p.LB.RingSize)
+	assert.Equal(t, []route.LocalityDistribute{{From: "r1/z1/*", To: []route.LocalityShare{{Locality: "r1/z1/*", Weight: 70}, {Locality: "r2/*", Weight: 30}}}}, p.LB.Locality.Distribute)
+	pl := p.Ports[8080]
+	assert.False(t, pl.OutlierDetection, "a port-level entry does not inherit outlier detection")
+	assert.Equal(t, []route.RegionFailover{{From: "r1", To: "r2"}}, pl.LB.Locality.Failover)
+	assert.Equal(t, []route.FailoverLabel{{Label: route.LabelNetwork}, {Label: "tier", Value: "gold", HasValue: true}}, pl.LB.Locality.FailoverPriority)
+	assert.True(t, res.Policies[0].Subsets[0].Policy.LB.Locality.Disabled)
+}
+
+func TestLocalityValidation(t *testing.T) {
+	objs, err := istio.Decode([]byte(`
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shop, namespace: default}
+spec:
+  host: shop
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}
+      zoneAwareLbSetting: {}
+      localityLbSetting:
+        distribute:
+        - from: "r1/*/z"
+          to: {"r1/*": 60, "r1/z1": 30}
+        failover: [{from: r1, to: r1}, {from: "r1/z1", to: r2}, {from: r1, to: "r*"}]
+        failoverPriority: [topology.kubernetes.io/zone, tier]
+`))
+	require.NoError(t, err)
+	_, err = istio.Convert(objs, "")
+	require.Error(t, err)
+	for _, want := range []string{
+		"spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 must be a prime number",
+		"spec.trafficPolicy.loadBalancer.zoneAwareLbSetting: not supported",
+		"spec.trafficPolicy.loadBalancer.localityLbSetting: can not simultaneously specify 'distribute' and 'failover'",
+		"localityLbSetting.distribute[0].from: locality r1/*/z wildcard '*' number can not exceed 1 and must be in the end",
+		"localityLbSetting.distribute[0].to: total locality weight 90 != 100",
+		"localityLbSetting.distribute[0].to: locality r1/* overlaps with r1/z1",
+		"localityLbSetting.failover[0]: locality lb failover settings must specify different regions",
+		"localityLbSetting.failover[1]: locality lb failover only specify region",
+		"localityLbSetting.failover[2]: locality lb failover region should not contain '*' wildcard",
+		"localityLbSetting.failoverPriority[0]: can not simultaneously set 'failover' and topology label 'topology.kubernetes.io/zone'",
+		`localityLbSetting.failoverPriority[1]: label "tier" needs a value`,
+	} {
+		assert.Contains(t, err.Error(), want)
+	}
+}
+
 func TestValidationFieldPaths(t *testing.T) {
 	tests := []struct {
 		name string

@@ -2,7 +2,12 @@
 // each with Istio / Gateway API configuration, Services with endpoints, one
 // request and one expectation (destination, distribution, response or
 // affinity) plus optional checks. The format is described in the route
-// spec, section 0.
+// spec, section 0, with these additions:
+//
+//   - waypointLocality: {network, region, zone, subzone, node} on a case is
+//     where the waypoint runs; locality load balancing in the waypoint
+//     (DestinationRule localityLbSetting, trafficDistribution) is relative
+//     to it. Without it there is no locality preference in the waypoint.
 //
 // Use it from go test:
 //

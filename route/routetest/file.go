@@ -27,8 +27,11 @@ type Case struct {
 	// Config is multi-document YAML of Istio and Gateway API objects.
 	Config   string    `json:"config,omitempty"`
 	Services []Service `json:"services"`
-	Request  Request   `json:"request"`
-	Expect   Expect    `json:"expect"`
+	// WaypointLocality is where the waypoint runs; locality load balancing
+	// in the waypoint is relative to it. Unset: no locality preference.
+	WaypointLocality *Locality `json:"waypointLocality,omitempty"`
+	Request          Request   `json:"request"`
+	Expect           Expect    `json:"expect"`
 }
 
 // Service describes one Service and its endpoints.

@@ -27,6 +27,9 @@ import (
 // BuildConfig turns a case's config and services into a route.Config.
 func (c *Case) BuildConfig() (route.Config, error) {
 	var cfg route.Config
+	if l := c.WaypointLocality; l != nil {
+		cfg.WaypointLocality = route.Locality{Network: l.Network, Region: l.Region, Zone: l.Zone, Subzone: l.Subzone, Node: l.Node}
+	}
 	for i, s := range c.Services {
 		rs := route.Service{
 			Host: s.Host, VIP: s.VIP, NoWaypoint: s.Waypoint != nil && !*s.Waypoint,
