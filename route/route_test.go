@@ -113,12 +113,15 @@ func TestBuildAggregatesErrors(t *testing.T) {
 	cfg := route.Config{Services: []route.Service{
 		{Host: "a.default.svc.cluster.local", Ports: []route.Port{{Port: 70000}}, Endpoints: []route.Endpoint{{IP: "not-an-ip"}}},
 		{Host: "b.default.svc.cluster.local"},
+		{Host: "c.default.svc.cluster.local", Ports: []route.Port{{Port: 80}}, Endpoints: []route.Endpoint{{}, {NetworkGateway: "gw"}}},
 	}}
 	_, err := route.Build(cfg)
 	require.Error(t, err)
 	var fe *route.FieldError
 	require.True(t, errors.As(err, &fe))
 	for _, want := range []string{
+		"Service c.default.svc.cluster.local: services[2].endpoints[0].ip: required unless the endpoint has a networkGateway",
+		`Service c.default.svc.cluster.local: services[2].endpoints[1].networkGateway: not an IP address: "gw"`,
 		"Service a.default.svc.cluster.local: services[0].ports[0].port: must be in 1..65535, got 70000",
 		"Service a.default.svc.cluster.local: services[0].endpoints[0].ip: not an IP address",
 		"Service b.default.svc.cluster.local: services[1].ports: at least one port is required",
@@ -272,6 +275,21 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		{"repeated header regex", withRule(&route.Match{Headers: []route.HeaderMatch{hdr("x-tag", route.Regex, "a,[b-c]")}}, nil, nil),
 			route.Request{Header: map[string][]string{"X-Tag": {"a", "c"}}}, route.Forward},
 	}
+	zt, err := route.Build(route.Config{Services: []route.Service{{
+		Host: host, Ports: []route.Port{{Port: 9080, TargetPortName: "web"}}, NoWaypoint: true, TrafficDistribution: "PreferClose",
+		Endpoints: []route.Endpoint{
+			{IP: "10.1.0.1", Ports: map[string]int{"web": 8080}, Locality: route.Locality{Network: "n1", Zone: "z1"}},
+			{Ports: map[string]int{"web": 8080}, NetworkGateway: "172.16.0.1", Locality: route.Locality{Network: "n2", Zone: "z1"}},
+			{IP: "10.1.0.3", Locality: route.Locality{Network: "n1", Zone: "z1"}},
+		},
+	}}})
+	require.NoError(t, err)
+	tests = append(tests, struct {
+		name string
+		tbl  *route.Table
+		req  route.Request
+		want route.Kind
+	}{"ztunnel", zt, route.Request{Protocol: route.TCP, Source: route.Locality{Network: "n1", Zone: "z1"}}, route.Forward})
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := tc.req

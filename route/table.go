@@ -197,13 +197,27 @@ func Build(cfg Config) (*Table, error) {
 		s.Endpoints = slices.Clone(s.Endpoints)
 		for j := range s.Endpoints {
 			ep := &s.Endpoints[j]
-			if net.ParseIP(ep.IP) == nil {
-				bad(obj, fmt.Sprintf("%s.endpoints[%d].ip", f, j), "not an IP address: %q", ep.IP)
+			ef := fmt.Sprintf("%s.endpoints[%d]", f, j)
+			switch {
+			case ep.IP == "" && ep.NetworkGateway == "":
+				bad(obj, ef+".ip", "required unless the endpoint has a networkGateway")
+			case ep.IP != "" && net.ParseIP(ep.IP) == nil:
+				bad(obj, ef+".ip", "not an IP address: %q", ep.IP)
+			}
+			if ep.NetworkGateway != "" && net.ParseIP(ep.NetworkGateway) == nil {
+				bad(obj, ef+".networkGateway", "not an IP address: %q", ep.NetworkGateway)
+			}
+			for name, n := range ep.Ports {
+				if name == "" || n <= 0 || n > 65535 {
+					bad(obj, ef+".ports."+name, "want a name and a port in 1..65535, got %d", n)
+				}
 			}
 			if ep.Capacity == 0 {
 				ep.Capacity = 1
 			}
-			t.pods[ep.IP] = ep
+			if ep.IP != "" {
+				t.pods[ep.IP] = ep
+			}
 		}
 		switch {
 		case s.InternalTrafficPolicy == "Local":
@@ -695,7 +709,11 @@ type Result struct {
 	Mirrors uint64
 	// Waypoint is false when ztunnel balanced the connection alone.
 	Waypoint bool
-	slot     int
+	// Passthrough is set (with Kind Forward and no Endpoint) when ztunnel
+	// forwards the connection to the address the client dialled
+	// (Request.Host), for a Service with Passthrough.
+	Passthrough bool
+	slot        int
 }
 
 // Pick routes one request (or connection). r supplies randomness; if nil a

@@ -1,5 +1,7 @@
 package route
 
+import "slices"
+
 // scopeMatch compares one locality field, as ztunnel does.
 func scopeMatch(scope string, a, b Locality) bool {
 	switch scope {
@@ -39,33 +41,54 @@ func localityRank(scopes []string, src, ep Locality) int {
 	return rank
 }
 
+// ztunnel balances a connection to a Service without a waypoint as
+// ztunnel's load_balance does: PASSTHROUGH forwards to the address dialled;
+// otherwise the candidates are the endpoints that serve the port, are
+// reachable from the client's network (an endpoint without an address
+// only through its network gateway, from another network) and pass the
+// health policy; STRICT keeps those matching every scope, FAILOVER those of
+// the best rank; one is chosen at random weighted by capacity.
 func (t *Table) ztunnel(s *service, req *Request, r Rand) Result {
 	res := Result{slot: -1, Backend: -1}
-	usable := func(ep *Endpoint) bool { return !ep.Unhealthy || s.allowAll }
+	if s.Passthrough {
+		res.Kind, res.Passthrough = Forward, true
+		return res
+	}
+	pi := slices.IndexFunc(s.Ports, func(p Port) bool { return p.Port == req.Port })
+	if pi < 0 {
+		res.Kind, res.Reason = Refused, ReasonUnknownHost
+		return res
+	}
+	port := s.Ports[pi]
+	// rank returns the endpoint's rank, or -1 when it is not a candidate.
+	rank := func(ep *Endpoint) int {
+		if (ep.Unhealthy && !s.allowAll) || !servesPort(ep, port) || !reachable(ep, req.Source.Network) {
+			return -1
+		}
+		switch {
+		case s.strict != nil:
+			for _, sc := range s.strict {
+				if !scopeMatch(sc, req.Source, ep.Locality) {
+					return -1
+				}
+			}
+		case s.failover != nil:
+			return localityRank(s.failover, req.Source, ep.Locality)
+		}
+		return 0
+	}
 	best := -1
 	var total uint64
 	for i := range s.Endpoints {
 		ep := &s.Endpoints[i]
-		if !usable(ep) {
+		rk := rank(ep)
+		if rk < 0 {
 			continue
 		}
-		rank := 0
-		switch {
-		case s.strict != nil:
-			ok := true
-			for _, sc := range s.strict {
-				ok = ok && scopeMatch(sc, req.Source, ep.Locality)
-			}
-			if !ok {
-				continue
-			}
-		case s.failover != nil:
-			rank = localityRank(s.failover, req.Source, ep.Locality)
+		if rk > best {
+			best, total = rk, 0
 		}
-		if rank > best {
-			best, total = rank, 0
-		}
-		if rank == best {
+		if rk == best {
 			total += uint64(ep.Capacity)
 		}
 	}
@@ -76,23 +99,7 @@ func (t *Table) ztunnel(s *service, req *Request, r Rand) Result {
 	sel := r.Uint64() % total
 	for i := range s.Endpoints {
 		ep := &s.Endpoints[i]
-		if !usable(ep) {
-			continue
-		}
-		rank := 0
-		switch {
-		case s.strict != nil:
-			ok := true
-			for _, sc := range s.strict {
-				ok = ok && scopeMatch(sc, req.Source, ep.Locality)
-			}
-			if !ok {
-				continue
-			}
-		case s.failover != nil:
-			rank = localityRank(s.failover, req.Source, ep.Locality)
-		}
-		if rank != best {
+		if rank(ep) != best {
 			continue
 		}
 		if sel < uint64(ep.Capacity) {

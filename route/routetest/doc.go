@@ -8,6 +8,14 @@
 //     where the waypoint runs; locality load balancing in the waypoint
 //     (DestinationRule localityLbSetting, trafficDistribution) is relative
 //     to it. Without it there is no locality preference in the waypoint.
+//   - services[].resolution: STATIC (default) or NONE, a ServiceEntry whose
+//     connections pass through to the address dialled (ztunnel PASSTHROUGH;
+//     the outcome's endpoint is that address).
+//   - services[].ports[].targetPort may be a port name; only endpoints that
+//     define it in endpoints[].ports ({name: number}) serve that port.
+//   - endpoints[].networkGateway: the address of the gateway that reaches
+//     the endpoint from other networks; with it, ip may be omitted and the
+//     outcome's endpoint is the gateway address.
 //
 // Use it from go test:
 //

@@ -46,14 +46,35 @@ type Service struct {
 	TrafficDistribution      string     `json:"trafficDistribution,omitempty"`
 	InternalTrafficPolicy    string     `json:"internalTrafficPolicy,omitempty"`
 	PublishNotReadyAddresses bool       `json:"publishNotReadyAddresses,omitempty"`
+	// Resolution is the ServiceEntry resolution: STATIC (the default) or
+	// NONE (connections pass through to the address dialled).
+	Resolution string `json:"resolution,omitempty"`
 }
 
 // Port is a Service port.
 type Port struct {
-	Port        int    `json:"port"`
-	Name        string `json:"name,omitempty"`
-	TargetPort  int    `json:"targetPort,omitempty"`
-	AppProtocol string `json:"appProtocol,omitempty"`
+	Port int    `json:"port"`
+	Name string `json:"name,omitempty"`
+	// TargetPort is a number, or the name of a port the endpoints define.
+	TargetPort  TargetPort `json:"targetPort,omitempty"`
+	AppProtocol string     `json:"appProtocol,omitempty"`
+}
+
+// TargetPort is a port number or a port name (as Kubernetes' IntOrString).
+type TargetPort struct {
+	Number int
+	Name   string
+}
+
+// UnmarshalJSON accepts a number or a name.
+func (p *TargetPort) UnmarshalJSON(b []byte) error {
+	if err := json.Unmarshal(b, &p.Number); err == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, &p.Name); err != nil || p.Name == "" {
+		return fmt.Errorf("targetPort: want a number or a port name, got %s", b)
+	}
+	return nil
 }
 
 // Locality is a node/region/zone/network placement.
@@ -67,11 +88,19 @@ type Locality struct {
 
 // Endpoint is one backend workload.
 type Endpoint struct {
-	IP       string            `json:"ip"`
+	// IP may be omitted for a workload reachable only through its
+	// networkGateway.
+	IP       string            `json:"ip,omitempty"`
 	Labels   map[string]string `json:"labels,omitempty"`
 	Healthy  *bool             `json:"healthy,omitempty"`
 	Capacity *uint32           `json:"capacity,omitempty"`
-	Locality `json:",inline"`
+	// Ports are the workload's named ports, for Services whose targetPort
+	// is a name.
+	Ports map[string]int `json:"ports,omitempty"`
+	// NetworkGateway is the address of the gateway that reaches the
+	// workload from other networks.
+	NetworkGateway string `json:"networkGateway,omitempty"`
+	Locality       `json:",inline"`
 }
 
 // Request is the simulated request.

@@ -36,8 +36,15 @@ func (c *Case) BuildConfig() (route.Config, error) {
 			WaypointNamespace: s.WaypointNamespace, TrafficDistribution: s.TrafficDistribution,
 			InternalTrafficPolicy: s.InternalTrafficPolicy, PublishNotReadyAddresses: s.PublishNotReadyAddresses,
 		}
+		switch s.Resolution {
+		case "", "STATIC":
+		case "NONE":
+			rs.Passthrough = true
+		default:
+			return cfg, fmt.Errorf("%w: services[%d] (%s).resolution: want STATIC or NONE, got %q", ErrInvalidFile, i, s.Host, s.Resolution)
+		}
 		for _, p := range s.Ports {
-			rs.Ports = append(rs.Ports, route.Port{Port: p.Port, Name: p.Name, TargetPort: p.TargetPort, AppProtocol: p.AppProtocol})
+			rs.Ports = append(rs.Ports, route.Port{Port: p.Port, Name: p.Name, TargetPort: p.TargetPort.Number, TargetPortName: p.TargetPort.Name, AppProtocol: p.AppProtocol})
 		}
 		if s.Port != 0 && !slices.ContainsFunc(rs.Ports, func(p route.Port) bool { return p.Port == s.Port }) {
 			rs.Ports = append([]route.Port{{Port: s.Port}}, rs.Ports...)
@@ -47,6 +54,7 @@ func (c *Case) BuildConfig() (route.Config, error) {
 		}
 		for _, e := range s.Endpoints {
 			ep := route.Endpoint{IP: e.IP, Labels: e.Labels, Unhealthy: e.Healthy != nil && !*e.Healthy,
+				Ports: e.Ports, NetworkGateway: e.NetworkGateway,
 				Locality: route.Locality{Network: e.Network, Region: e.Region, Zone: e.Zone, Subzone: e.Subzone, Node: e.Node}}
 			if e.Capacity != nil {
 				ep.Capacity = *e.Capacity
@@ -235,8 +243,16 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 		res.ApplyResponseHeaders(out.RespHeaders)
 		return out
 	}
-	// Forward.
-	out.Endpoint = res.Endpoint.IP
+	// Forward: to an endpoint (through its network gateway when it has no
+	// address), or, passing through, to the address dialled.
+	switch {
+	case res.Passthrough:
+		out.Endpoint = req.Host
+	case res.Endpoint.IP != "":
+		out.Endpoint = res.Endpoint.IP
+	default:
+		out.Endpoint = res.Endpoint.NetworkGateway
+	}
 	if res.Cluster != nil {
 		out.Destination = res.Cluster.Destination
 		if res.Cluster.LB.Kind == route.ConsistentHash {
@@ -246,7 +262,7 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 	} else if s, ok := t.Service(req.Host); ok {
 		out.Destination = route.Destination{Host: s.Host, Port: req.Port}
 	} else {
-		out.Destination = route.Destination{Host: res.Endpoint.IP, Port: req.Port}
+		out.Destination = route.Destination{Host: out.Endpoint, Port: req.Port}
 	}
 	if res.Rule != nil && res.Backend >= 0 {
 		out.BackendName = res.Rule.Route.Backends[res.Backend].Name
