@@ -108,4 +108,14 @@ func TestL4EvaluateDoesNotAllocate(t *testing.T) {
 	if allocs != 0 {
 		t.Fatalf("L4 Evaluate allocated %.1f times per call", allocs)
 	}
+	// A default deny names the ALLOW policies that did not match, still
+	// without allocating.
+	r.Peer = "cluster.local/ns/ns-7/sa/stranger"
+	allocs = testing.AllocsPerRun(100, func() { d = eng.Evaluate(r) })
+	if ps, _ := d.Unmatched(); d.Allowed || d.Reason != authz.ReasonNoAllowMatch || len(ps) != 1 || ps[0].Name != "allow-app-1" {
+		t.Fatalf("decision %v", d)
+	}
+	if allocs != 0 {
+		t.Fatalf("L4 Evaluate of a default deny allocated %.1f times per call", allocs)
+	}
 }

@@ -13,8 +13,9 @@
 // the Istio YAML users already run). New validates, compiles and indexes
 // policies; Evaluate decides one Request in the order CUSTOM, DENY, "no
 // ALLOW policy => allow", ALLOW, otherwise deny, and explains the decision
-// with the deciding policy and rule index. AUDIT and dry-run policies never
-// change a decision.
+// with the deciding policy and rule index; a default deny names the ALLOW
+// policies that applied but did not match (Decision.Unmatched). AUDIT and
+// dry-run policies never change a decision.
 //
 // Evaluation does no I/O, reads no clock, starts no goroutine and, at L4,
 // allocates nothing. Policies are indexed by namespace, by the first label

@@ -77,6 +77,27 @@ type Decision struct {
 	// Custom names the (known) extension provider that ext_authz would
 	// consult for this request at L7; its verdict is not modelled offline.
 	Custom string
+
+	// unmatched holds, for ReasonNoAllowMatch, the first ALLOW policies in
+	// evaluation order that applied but did not match (see Unmatched).
+	unmatched     [MaxUnmatched]*Policy
+	nUnmatched    uint8
+	moreUnmatched bool
+}
+
+// MaxUnmatched is how many non-matching ALLOW policies a Decision names.
+const MaxUnmatched = 4
+
+// Unmatched returns, for a default deny (ReasonNoAllowMatch), the ALLOW
+// policies that applied to the request but whose rules did not match, in
+// evaluation (namespace/name) order: at most MaxUnmatched of them, with more
+// reporting that further ones applied too. It returns nil for other
+// reasons. The slice aliases d.
+func (d *Decision) Unmatched() (ps []*Policy, more bool) {
+	if d.nUnmatched == 0 {
+		return nil, false
+	}
+	return d.unmatched[:d.nUnmatched], d.moreUnmatched
 }
 
 // String renders the decision as one line, e.g.
@@ -98,7 +119,20 @@ func (d Decision) String() string {
 			fmt.Fprintf(&b, " rules[%d]", d.Rule)
 		}
 	}
-	fmt.Fprintf(&b, " (%s)", d.Reason)
+	fmt.Fprintf(&b, " (%s", d.Reason)
+	if ps, more := d.Unmatched(); len(ps) > 0 {
+		b.WriteString(": ")
+		for i, p := range ps {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(p.Namespace + "/" + p.Name)
+		}
+		if more {
+			b.WriteString(" and more")
+		}
+	}
+	b.WriteByte(')')
 	if d.Custom != "" {
 		fmt.Fprintf(&b, " [ext_authz provider %q consulted]", d.Custom)
 	}
@@ -406,6 +440,38 @@ type state struct {
 	customMulti              bool
 	providers                map[string]bool
 	multiOK                  bool
+	// unmatched keeps the lowest-ordered ALLOW policies that applied and
+	// did not match; moreUnmatched records that others were dropped.
+	unmatched     [MaxUnmatched]*cpolicy
+	nUnmatched    uint8
+	moreUnmatched bool
+}
+
+// noteUnmatched records an ALLOW policy that applied but did not match,
+// keeping the MaxUnmatched lowest-ordered ones, without allocating. A
+// policy visited twice (one targetRef per Service of the request) is kept
+// once.
+func (st *state) noteUnmatched(cp *cpolicy) {
+	n := int(st.nUnmatched)
+	i := 0
+	for ; i < n && st.unmatched[i].ord <= cp.ord; i++ {
+		if st.unmatched[i] == cp {
+			return
+		}
+	}
+	if n == MaxUnmatched {
+		st.moreUnmatched = true
+		if i == n {
+			return
+		}
+		n-- // drop the last
+	} else {
+		st.nUnmatched++
+	}
+	for j := n; j > i; j-- { // not copy(): slicing the array would make st escape
+		st.unmatched[j] = st.unmatched[j-1]
+	}
+	st.unmatched[i] = cp
 }
 
 func (st *state) visit(cp *cpolicy) {
@@ -439,6 +505,9 @@ func (st *state) visit(cp *cpolicy) {
 		}
 	}
 	if rule < 0 {
+		if p.Action == Allow {
+			st.noteUnmatched(cp)
+		}
 		return
 	}
 	switch p.Action {
@@ -557,5 +626,9 @@ func (st *state) decide() Decision {
 		return set(st.allow, true, ReasonAllowed)
 	}
 	d.Reason = ReasonNoAllowMatch
+	for i := range st.nUnmatched {
+		d.unmatched[i] = st.unmatched[i].p
+	}
+	d.nUnmatched, d.moreUnmatched = st.nUnmatched, st.moreUnmatched
 	return d
 }

@@ -30,8 +30,8 @@ func ExampleEngine_Evaluate() {
 	}
 	// Output:
 	// "cluster.local/ns/bookinfo/sa/sleep": ALLOW by ALLOW bookinfo/productpage-from-sleep rules[0] (ALLOW policy matched)
-	// "cluster.local/ns/bookinfo/sa/ratings": DENY (no ALLOW policy matched)
-	// "": DENY (no ALLOW policy matched)
+	// "cluster.local/ns/bookinfo/sa/ratings": DENY (no ALLOW policy matched: bookinfo/allow-nothing, bookinfo/productpage-from-sleep)
+	// "": DENY (no ALLOW policy matched: bookinfo/allow-nothing, bookinfo/productpage-from-sleep)
 }
 
 func ExampleNew_invalidPolicy() {

@@ -55,7 +55,7 @@ func TestRunFiles(t *testing.T) {
 		contains []string
 	}{
 		{"pass", suite("ALLOW", "DENY"), authztest.ExitPass, []string{"2 passed, 0 failed"}},
-		{"fail", suite("ALLOW", "ALLOW"), authztest.ExitFail, []string{"FAIL ", ": curl: got DENY (no ALLOW policy matched), want ALLOW", "1 passed, 1 failed"}},
+		{"fail", suite("ALLOW", "ALLOW"), authztest.ExitFail, []string{"FAIL ", ": curl: got DENY (no ALLOW policy matched: test/allow-sleep), want ALLOW", "1 passed, 1 failed"}},
 		{"unknown field", "cases:\n  - name: a\n    layr: L4\n", authztest.ExitInvalid, []string{`unknown field "layr"`}},
 		{"duplicate name", strings.ReplaceAll(suite("ALLOW", "DENY"), "name: curl", "name: sleep"), authztest.ExitInvalid, []string{`duplicate name "sleep"`}},
 		{"bad expect", suite("MAYBE", "DENY"), authztest.ExitInvalid, []string{`cases[0].expect: "MAYBE" must be ALLOW or DENY`}},

@@ -2,31 +2,52 @@
 // cases, each with the policies (multi-document YAML as kubectl-applied), the
 // destination workload, one request and the expected decision.
 //
+//	x-web: &web {namespace: test, labels: {app: web-api}}  # top-level x-* keys are ignored:
+//	                                                       # they hold YAML anchors for cases
 //	cases:
-//	  - name: sleep-may-call-web-api          # unique within the file
+//	  - name: sleep-may-call-web-api          # unique across all files of one run
 //	    layer: L4                              # L4 = destination ztunnel, L7 = waypoint
-//	    rootNamespace: istio-system            # optional
-//	    extensionProviders: [my-ext-authz]     # optional, meshConfig provider names
-//	    policies: |
+//	    rootNamespace: istio-system            # optional (default istio-system)
+//	    extensionProviders: [my-ext-authz]     # optional: meshConfig.extensionProviders names;
+//	                                           # CUSTOM policies naming others deny what they match
+//	    policies: |                            # multi-document YAML, as kubectl-applied
 //	      apiVersion: security.istio.io/v1
 //	      kind: AuthorizationPolicy
 //	      ...
-//	    workload: {namespace: test, labels: {app: web-api}, serviceAccount: web-api,
-//	               services: [web-api], serviceEntries: [], waypoint: waypoint, waypointNamespace: test}
+//	    workload:                              # the destination
+//	      namespace: test                      # required
+//	      labels: {app: web-api}               # for selectors (L4)
+//	      serviceAccount: web-api              # informational (CEL destination.serviceAccount)
+//	      services: [web-api]                  # Services addressed (L7 targetRefs kind Service)
+//	      serviceEntries: [api-ext]            # ServiceEntries addressed (kind ServiceEntry)
+//	      waypoint: waypoint                   # the serving waypoint Gateway (kind Gateway)
+//	      waypointNamespace: test              # its namespace (default: workload.namespace)
 //	    request:
-//	      source: {principal: cluster.local/ns/test/sa/sleep, ip: 10.0.0.5}  # no principal = plaintext
+//	      source:
+//	        principal: cluster.local/ns/test/sa/sleep  # peer identity; none = plaintext
+//	        namespace: test                    # informational: identity comes from principal
+//	        ip: 10.0.0.5                       # peer IP (ipBlocks, source.ip)
 //	      destination: {ip: 10.0.0.9, port: 8080}
 //	      remoteIp: 203.0.113.7                # L7: X-Forwarded-For client (default: source.ip)
-//	      sni: api.example.com
-//	      method: GET
-//	      path: /api?x=1
-//	      host: web-api.test.svc.cluster.local
-//	      headers: {x-user: alice}
-//	      auth: {principal: "issuer/subject", claims: {groups: [admin]}}
+//	      sni: api.example.com                 # connection.sni
+//	      method: GET                          # L7 only from here on
+//	      path: /api?x=1                       # raw :path, query included
+//	      host: web-api.test.svc.cluster.local # :authority verbatim
+//	      headers: {x-user: alice}             # names are case-insensitive
+//	      auth:                                # an already-validated JWT
+//	        principal: "issuer/subject"        # default: claims iss + "/" + sub
+//	        audiences: [web]                   # default: claims aud
+//	        presenter: my-client               # default: claims azp
+//	        claims: {iss: issuer, sub: subject, groups: [admin]}
 //	    expect: ALLOW                          # or DENY
-//	    expectPolicy: test/allow-sleep         # optional: the deciding policy
+//	    expectPolicy: test/allow-sleep         # optional: the deciding policy (ns/name)
 //	    expectRule: 0                          # optional: its rule index
-//	    expectError: "is not an IP"            # optional: policies must fail validation with this text
+//	    expectError: "is not an IP"            # optional: the policies must fail to load with
+//	                                           # an error containing this text
+//
+// requestPrincipals match the JWT's issuer and subject separately, as in
+// Istio: the iss and sub claims when given, otherwise auth.principal split
+// at its last '/'.
 //
 // Cases may also check PeerAuthentication (mTLS mode, as ztunnel applies it):
 //
@@ -42,9 +63,11 @@
 // a case with expectMTLS may omit expect.
 //
 // Unknown fields are errors. Top-level keys starting with "x-" are ignored,
-// so they can hold YAML anchors shared by cases. A case whose policies fail
-// validation fails unless it sets expectError (the decision is still checked:
-// invalid policies deny their scope).
+// so they can hold YAML anchors shared by cases. Case names must be unique
+// across all the files of one run. A case whose policies fail to load fails
+// unless it sets expectError; the decision is still checked: invalid
+// policies deny their scope, and a policy document that cannot be read at
+// all denies the whole request.
 //
 // From Go:
 //
