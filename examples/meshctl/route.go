@@ -21,10 +21,12 @@ func routeCommand() command {
 const routeUsage = `usage:
   meshctl route test FILE...
       run route test files; ends with "N passed, M failed";
-      exit 1 if a case failed, 2 if a file is invalid
+      exit 1 if a case failed, 2 if a file is invalid (including a case
+      whose configuration is rejected)
   meshctl route check [-case NAME] [-path P] [-method M] [-H name=value]... FILE
       simulate the request of one case (the first by default) and print the
-      chosen rule, destination and the filters applied
+      chosen rule, destination, the filters applied (request and response
+      headers, rewrites, mirrors) and the timeout and retry policy
 `
 
 func runRoute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -61,7 +63,13 @@ func routeTest(ctx context.Context, files []string, stdout, stderr io.Writer) in
 			continue
 		}
 		for _, r := range res {
-			if r.Err != nil {
+			switch {
+			case errors.Is(r.Err, routetest.ErrInvalidFile):
+				// The case's config does not build: the file is invalid.
+				fmt.Fprintf(stderr, "INVALID %s: %s: %v\n", r.File, r.Name, r.Err)
+				invalid = true
+				continue
+			case r.Err != nil:
 				failed++
 				fmt.Fprintf(stdout, "FAIL %s: %s: %v\n", r.File, r.Name, r.Err)
 				continue

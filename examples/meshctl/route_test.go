@@ -68,6 +68,14 @@ func TestRouteTest(t *testing.T) {
 			}
 			return []string{p, writeCases(t, "v2")}
 		}, 2, "1 passed, 0 failed"},
+		{"config rejected", func(t *testing.T) []string {
+			p := filepath.Join(t.TempDir(), "rejected.yaml")
+			bad := strings.ReplaceAll(strings.ReplaceAll(routeCases, "WANT", "v2"), "{exact: jason}", "{regex: \"(\"}")
+			if err := os.WriteFile(p, []byte(bad), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return []string{p, writeCases(t, "v1")}
+		}, 2, "0 passed, 1 failed"},
 		{"corpus", func(t *testing.T) []string {
 			files, _ := filepath.Glob("../../route/testdata/*.yaml")
 			if len(files) == 0 {
@@ -110,6 +118,37 @@ func TestRouteCheck(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "/v1") {
 		t.Fatalf("override not applied:\n%s", out.String())
+	}
+	for _, want := range []string{"timeout:     none\n", "retries:     2 on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (mesh default)\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("missing %q in:\n%s", want, out.String())
+		}
+	}
+	out.Reset()
+	withOps := filepath.Join(t.TempDir(), "ops.yaml")
+	ops := strings.Replace(strings.ReplaceAll(routeCases, "WANT", "v2"), "route: [{destination: {host: reviews, subset: v2}}]",
+		"route: [{destination: {host: reviews, subset: v2}}]\n        headers: {response: {set: {x-version: v2}}}\n        timeout: 3s", 1)
+	if err := os.WriteFile(withOps, []byte(ops), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := run(context.Background(), []string{"route", "check", withOps}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, want := range []string{"response:    set x-version: v2\n", "timeout:     3s\n"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("missing %q in:\n%s", want, out.String())
+		}
+	}
+	rejected := filepath.Join(t.TempDir(), "rejected.yaml")
+	if err := os.WriteFile(rejected, []byte(strings.ReplaceAll(ops, "{exact: jason}", "{regex: \"(\"}")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	errb.Reset()
+	if code := run(context.Background(), []string{"route", "check", rejected}, &out, &errb); code != 2 {
+		t.Fatalf("exit %d for a rejected config, want 2: %s", code, errb.String())
+	}
+	if !strings.Contains(errb.String(), "spec.http[0].match[0].headers.end-user.regex") {
+		t.Fatalf("error does not name the field: %s", errb.String())
 	}
 	if code := run(context.Background(), []string{"route", "check", "-case", "nope", p}, &out, &errb); code != 2 {
 		t.Fatalf("exit %d for unknown case, want 2", code)

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/meshblocks/meshblocks/route"
 	"github.com/meshblocks/meshblocks/route/routetest"
 )
 
@@ -75,5 +76,116 @@ func TestParseRejectsInvalidFiles(t *testing.T) {
 			_, err := routetest.Parse([]byte(body))
 			assert.ErrorIs(t, err, routetest.ErrInvalidFile)
 		})
+	}
+}
+
+// Problems in the Istio and the Gateway API objects of one case are
+// reported together, and a config that does not build makes the file
+// invalid rather than failing the case.
+func TestConfigErrorsAreAggregatedAndInvalid(t *testing.T) {
+	f, err := routetest.Parse([]byte(`
+cases:
+- name: both-bad
+  source: test
+  config: |
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews, namespace: default}
+    spec:
+      hosts: [reviews]
+      http:
+      - route: [{destination: {host: reviews}, weight: -1}, {destination: {host: reviews}}]
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: echo, namespace: default}
+    spec:
+      parentRefs: [{group: "", kind: Service, name: echo}]
+      rules: [{backendRefs: [{name: echo}]}]
+  services:
+  - {host: reviews.default.svc.cluster.local, port: 9080, endpoints: [{ip: 10.1.0.1}]}
+  request: {host: reviews.default.svc.cluster.local}
+  expect:
+    destination: {host: reviews.default.svc.cluster.local}
+- name: table-rejects
+  source: test
+  config: |
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews, namespace: default}
+    spec:
+      hosts: [reviews]
+      http:
+      - redirect: {uri: /x, redirectCode: 305}
+  services:
+  - {host: reviews.default.svc.cluster.local, port: 9080, endpoints: [{ip: 10.1.0.1}]}
+  request: {host: reviews.default.svc.cluster.local}
+  expect:
+    response: {status: 305}
+`))
+	require.NoError(t, err)
+	err = f.Cases[0].Run()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, routetest.ErrInvalidFile)
+	assert.Contains(t, err.Error(), "VirtualService default/reviews: spec.http[0].route[0].weight: must be >= 0")
+	assert.Contains(t, err.Error(), "HTTPRoute default/echo: spec.rules[0].backendRefs[0].port: required when referring to a Service")
+
+	err = f.Cases[1].Run()
+	assert.ErrorIs(t, err, routetest.ErrInvalidFile)
+	assert.ErrorIs(t, err, route.ErrInvalidConfig)
+	_, err = f.Cases[1].Explain()
+	assert.ErrorIs(t, err, routetest.ErrInvalidFile)
+}
+
+func TestExplainShowsResponseHeadersTimeoutAndRetries(t *testing.T) {
+	f, err := routetest.Parse([]byte(`
+cases:
+- name: explain
+  source: test
+  config: |
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews, namespace: default}
+    spec:
+      hosts: [reviews]
+      http:
+      - match: [{uri: {prefix: /slow}}]
+        route: [{destination: {host: reviews}}]
+        timeout: 2s
+        retries: {attempts: 3, retryOn: "5xx,503", perTryTimeout: 0.5s}
+        headers:
+          response:
+            set: {x-served-by: waypoint}
+            remove: [server]
+      - route:
+        - destination: {host: reviews}
+          headers: {response: {add: {x-backend: a}}}
+  services:
+  - {host: reviews.default.svc.cluster.local, port: 9080, endpoints: [{ip: 10.1.0.1}]}
+  request: {host: reviews.default.svc.cluster.local, path: /slow/x}
+  expect:
+    destination: {host: reviews.default.svc.cluster.local}
+`))
+	require.NoError(t, err)
+	c := &f.Cases[0]
+	out, err := c.Explain()
+	require.NoError(t, err)
+	for _, want := range []string{
+		"rule:        VirtualService default/reviews spec.http[0]\n",
+		"response:    remove server; set x-served-by: waypoint\n",
+		"timeout:     2s\n",
+		"retries:     3 on 5xx,retriable-status-codes (codes 503), per try 500ms\n",
+	} {
+		assert.Contains(t, out, want)
+	}
+	c.Request.Path = "/other"
+	out, err = c.Explain()
+	require.NoError(t, err)
+	for _, want := range []string{
+		"response:    add x-backend: a\n",
+		"timeout:     none\n",
+		"retries:     2 on connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes (mesh default)\n",
+	} {
+		assert.Contains(t, out, want)
 	}
 }

@@ -3,6 +3,7 @@ package routetest
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -99,20 +100,33 @@ func (c *Case) BuildConfig() (route.Config, error) {
 			errs = multierror.Append(errs, fmt.Errorf("config document %d: unsupported apiVersion %q", i, tm.APIVersion))
 		}
 	}
-	if err := errs.ErrorOrNil(); err != nil {
-		return cfg, err
-	}
-	ir, err := istio.Convert(iobjs, "")
-	if err != nil {
-		return cfg, err
-	}
-	gr, err := gatewayapi.Convert(gobjs, "")
-	if err != nil {
-		return cfg, err
+	// Convert what decoded, and report every problem together: decoding,
+	// the Istio objects and the Gateway API objects.
+	ir, ierr := istio.Convert(iobjs, "")
+	gr, gerr := gatewayapi.Convert(gobjs, "")
+	errs = multierror.Append(errs, ierr, gerr)
+	if len(errs.Errors) > 0 {
+		errs.ErrorFormat = joinLines
+		return cfg, errs
 	}
 	cfg.Routes = append(ir.Routes, gr...)
 	cfg.Policies = ir.Policies
 	return cfg, nil
+}
+
+func joinLines(es []error) string {
+	s := make([]string, len(es))
+	for i, e := range es {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+func invalidConfig(err error) error {
+	if errors.Is(err, ErrInvalidFile) {
+		return err
+	}
+	return fmt.Errorf("%w: config: %w", ErrInvalidFile, err)
 }
 
 // Build builds the case's route table.
@@ -213,6 +227,12 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 	req := c.routeRequest()
 	res := t.Pick(&req, r)
 	defer res.Done()
+	return c.outcome(t, &req, &res)
+}
+
+// outcome simulates what follows the pick res of req: the local answer,
+// or the upstream with timeout and retries.
+func (c *Case) outcome(t *route.Table, req *route.Request, res *route.Result) Outcome {
 	out := Outcome{ReqHeaders: http.Header{}, RespHeaders: http.Header{}, Endpoint: "", Latency: res.Delay}
 	if res.Rule != nil {
 		out.Rule = res.Rule.Origin + " " + res.Rule.Route.Field
@@ -238,7 +258,7 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 		return out
 	case route.RedirectResponse:
 		out.Local, out.Status = true, res.Status
-		out.Location = res.Location(&req)
+		out.Location = res.Location(req)
 		out.RespHeaders.Set("Location", out.Location)
 		res.ApplyResponseHeaders(out.RespHeaders)
 		return out
@@ -270,7 +290,7 @@ func (c *Case) Simulate(t *route.Table, r route.Rand) Outcome {
 		out.BackendName = res.L4Rule.Route.Backends[res.Backend].Name
 	}
 	out.Path = res.RewritePath(req.Path)
-	out.Authority = res.Authority(&req)
+	out.Authority = res.Authority(req)
 	for k, v := range req.Header {
 		out.ReqHeaders[k] = slices.Clone(v)
 	}
@@ -410,12 +430,13 @@ func tolerance(p float64, n int) float64 {
 }
 
 // Run runs the case and returns its failures (nil when it passed). A
-// configuration that fails to build is a failure unless the file is
-// structurally invalid.
+// configuration that fails to build makes the file invalid: the error
+// wraps ErrInvalidFile (and route.ErrInvalidConfig when the route table
+// rejected it).
 func (c *Case) Run() error {
 	t, err := c.Build()
 	if err != nil {
-		return fmt.Errorf("config: %w", err)
+		return invalidConfig(err)
 	}
 	r := seed(c.Name)
 	n := c.samples()
@@ -818,15 +839,21 @@ func Test[T Runner[T]](t T, paths ...string) {
 }
 
 // Explain simulates the case's request once and describes the decision:
-// the rule chosen, the destination and the filters applied.
+// the rule chosen, the destination, the filters applied (request and
+// response header operations, rewrites, mirrors) and, for forwarded HTTP
+// requests, the timeout and retry policy. A configuration that does not
+// build is reported as an invalid file (ErrInvalidFile).
 func (c *Case) Explain() (string, error) {
 	t, err := c.Build()
 	if err != nil {
-		return "", err
+		return "", invalidConfig(err)
 	}
-	o := c.Simulate(t, seed(c.Name))
+	req := c.routeRequest()
+	res := t.Pick(&req, seed(c.Name))
+	o := c.outcome(t, &req, &res)
+	res.Done()
 	var b strings.Builder
-	fmt.Fprintf(&b, "request:     %s %s%s (port %d)\n", cmp.Or(c.Request.Method, "GET"), c.Request.Host, cmp.Or(c.Request.Path, "/"), c.routeRequest().Port)
+	fmt.Fprintf(&b, "request:     %s %s%s (port %d)\n", cmp.Or(c.Request.Method, "GET"), c.Request.Host, cmp.Or(c.Request.Path, "/"), req.Port)
 	fmt.Fprintf(&b, "rule:        %s\n", cmp.Or(o.Rule, "(none: default route)"))
 	switch {
 	case o.ConnectionError:
@@ -844,10 +871,86 @@ func (c *Case) Explain() (string, error) {
 		for _, m := range o.Mirrors {
 			fmt.Fprintf(&b, "mirror:      %s\n", m)
 		}
+	}
+	if ops := responseOps(&res); ops != "" {
+		fmt.Fprintf(&b, "response:    %s\n", ops)
+	}
+	if !o.Local && res.Waypoint && req.Protocol != route.TCP && req.Protocol != route.TLS {
+		fmt.Fprintf(&b, "timeout:     %s\n", describeTimeout(&res))
+		fmt.Fprintf(&b, "retries:     %s\n", describeRetry(&res))
 		fmt.Fprintf(&b, "status:      %d after %d attempt(s)\n", o.Status, o.Attempts)
 	}
 	if o.Latency > 0 {
 		fmt.Fprintf(&b, "latency:     %v\n", o.Latency)
 	}
 	return b.String(), nil
+}
+
+// responseOps describes the response header operations the rule (and the
+// backend chosen) applies, in the order they apply.
+func responseOps(res *route.Result) string {
+	if res.Rule == nil {
+		return ""
+	}
+	var parts []string
+	add := func(ops route.HeaderOps) {
+		for _, n := range ops.Remove {
+			parts = append(parts, "remove "+n)
+		}
+		for _, h := range ops.Set {
+			parts = append(parts, "set "+h.Name+": "+h.Value)
+		}
+		for _, h := range ops.Add {
+			parts = append(parts, "add "+h.Name+": "+h.Value)
+		}
+	}
+	hr := res.Rule.Route
+	var backend *route.Backend
+	if res.Backend >= 0 && res.Backend < len(hr.Backends) {
+		backend = &hr.Backends[res.Backend]
+	}
+	// The order of route.Result.ApplyResponseHeaders.
+	switch {
+	case backend == nil:
+		add(hr.ResponseHeaders)
+	case len(hr.Backends) == 1:
+		add(hr.ResponseHeaders)
+		add(backend.ResponseHeaders)
+	default:
+		add(backend.ResponseHeaders)
+		add(hr.ResponseHeaders)
+	}
+	return strings.Join(parts, "; ")
+}
+
+func describeTimeout(res *route.Result) string {
+	if res.Rule == nil || res.Rule.Route.Timeout == 0 {
+		return "none"
+	}
+	return res.Rule.Route.Timeout.String()
+}
+
+func describeRetry(res *route.Result) string {
+	rt, origin := route.DefaultRetry(), " (mesh default)"
+	if res.Rule != nil && res.Rule.Route.Retry != nil {
+		rt, origin = *res.Rule.Route.Retry, ""
+	}
+	if rt.Attempts == 0 {
+		return "none" + origin
+	}
+	s := fmt.Sprintf("%d on %s", rt.Attempts, strings.Join(rt.On, ","))
+	if len(rt.Codes) > 0 {
+		codes := make([]string, len(rt.Codes))
+		for i, c := range rt.Codes {
+			codes[i] = strconv.Itoa(c)
+		}
+		s += " (codes " + strings.Join(codes, ",") + ")"
+	}
+	if rt.PerTryTimeout > 0 {
+		s += ", per try " + rt.PerTryTimeout.String()
+	}
+	if rt.Backoff > 0 {
+		s += ", backoff " + rt.Backoff.String()
+	}
+	return s + origin
 }
