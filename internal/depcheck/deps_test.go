@@ -17,6 +17,7 @@ import (
 //	identity/identitytest, identity/istioca, identity/spire
 //	hbone                                           (identity, x/net/http2)
 //	authz, authz/cel, authz/istio                   (identity, cel-go, istio.io/api)
+//	authz/ztunnel                                   (authz, yaml.v3: no Istio API, no CEL)
 //	route, route/istio, route/gatewayapi            (istio.io/api)
 //	inpod                                           (x/sys)
 //	xds, xds/istio                                  (grpc, protobuf; authz, route)
@@ -66,6 +67,10 @@ var rules = map[string][]string{
 		"istio.io/api/...", "sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
 		"google.golang.org/protobuf/...",
 	},
+	// ztunnel's own policy format: what a node proxy reads. Deliberately
+	// free of istio.io/api, protobuf and CEL, so that its importers do not
+	// link them.
+	"authz/ztunnel": {"authz", "github.com/hashicorp/go-multierror", "go.yaml.in/yaml/v3"},
 	"authz/authztest": {
 		"authz", "authz/cel", "authz/istio", "identity",
 		"sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
