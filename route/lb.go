@@ -346,6 +346,9 @@ func (p *localityPlan) distributed(eps []*Endpoint) ([]*Endpoint, []localityGrou
 		}
 		w := uint64(p.distribute.To[g.share].Weight)
 		weight := (w*uint64(len(g.eps)) + uint64(total[g.share]) - 1) / uint64(total[g.share])
+		if weight == 0 {
+			continue // a zero weight (rejected by Istio's validation) gets nothing
+		}
 		locs = append(locs, localityGroup{lo: len(out), hi: len(out) + len(g.eps), weight: uint32(weight)})
 		out = append(out, g.eps...)
 	}

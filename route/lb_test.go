@@ -226,3 +226,28 @@ func TestBuildRejectsBadHashSettings(t *testing.T) {
 	assert.Contains(t, err.Error(), "DestinationRule default/shop: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 65536 is not a prime number")
 	assert.Contains(t, err.Error(), `DestinationRule default/shop: spec.trafficPolicy.portLevelSettings[port 80].loadBalancer.localityLbSetting.failoverPriority[0]: label "tier" needs a value`)
 }
+
+// A zero locality weight (which Istio's validation rejects) sends nothing
+// to that locality and does not break the hash tables.
+func TestZeroLocalityWeight(t *testing.T) {
+	for _, kind := range []route.LBKind{route.LeastRequest, route.ConsistentHash} {
+		svc := route.Service{Host: lbHost, Ports: []route.Port{{Port: 80}}, Endpoints: []route.Endpoint{
+			{IP: "10.0.0.1", Locality: route.Locality{Region: "r1"}},
+			{IP: "10.0.0.2", Locality: route.Locality{Region: "r2"}},
+		}}
+		lb := &route.LB{Kind: kind, Locality: &route.LocalityLB{Distribute: []route.LocalityDistribute{{From: "*",
+			To: []route.LocalityShare{{Locality: "r1", Weight: 0}, {Locality: "r2", Weight: 100}}}}}}
+		tbl, err := route.Build(route.Config{Services: []route.Service{svc}, WaypointLocality: route.Locality{Region: "r1"},
+			Routes: []route.RouteConfig{{Kind: "VirtualService", Name: "shop", Namespace: "default", Hosts: []string{lbHost},
+				HTTP: []route.HTTPRoute{{Backends: []route.Backend{{Host: lbHost}}}}}},
+			Policies: []route.Policy{{Host: lbHost, Policy: route.TrafficPolicy{LB: lb}}}})
+		require.NoError(t, err)
+		r := rand.New(rand.NewPCG(1, 1))
+		for range 100 {
+			res := tbl.Pick(&route.Request{Host: lbHost, Port: 80}, r)
+			require.Equal(t, route.Forward, res.Kind)
+			assert.Equal(t, "10.0.0.2", res.Endpoint.IP)
+			res.Done()
+		}
+	}
+}

@@ -359,6 +359,8 @@ func FuzzDecode(f *testing.F) {
 		f.Add([]byte(doc))
 	}
 	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}, weight: -5}]}]}"))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: a, trafficPolicy: {outlierDetection: {}, loadBalancer: {consistentHash: {httpHeaderName: x, maglev: {tableSize: 7}}, localityLbSetting: {distribute: [{from: 'r1/*', to: {'r1/*': 60, 'r2': 40}}]}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a], http: [{route: [{destination: {host: a}}]}]}"))
+	f.Add([]byte("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: a, trafficPolicy: {outlierDetection: {}, loadBalancer: {localityLbSetting: {failover: [{from: r1, to: r2}], failoverPriority: ['topology.istio.io/network', 'x=y']}}}}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		objs, err := istio.Decode(data)
 		if err != nil {
@@ -368,12 +370,16 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		cfg := route.Config{Routes: res.Routes, Policies: res.Policies, Services: []route.Service{{Host: "a.default.svc.cluster.local", Ports: []route.Port{{Port: 80}}, Endpoints: []route.Endpoint{{IP: "10.0.0.1"}}}}}
+		cfg := route.Config{Routes: res.Routes, Policies: res.Policies, WaypointLocality: route.Locality{Region: "r1", Zone: "z1"},
+			Services: []route.Service{{Host: "a.default.svc.cluster.local", Ports: []route.Port{{Port: 80}}, Endpoints: []route.Endpoint{
+				{IP: "10.0.0.1", Locality: route.Locality{Region: "r1", Zone: "z1"}},
+				{IP: "10.0.0.2", Locality: route.Locality{Region: "r2", Zone: "z2"}},
+			}}}}
 		tbl, err := route.Build(cfg)
 		if err != nil {
 			return
 		}
-		r := tbl.Pick(&route.Request{Host: "a.default.svc.cluster.local", Port: 80, Path: "/x?y=z"}, nil)
+		r := tbl.Pick(&route.Request{Host: "a.default.svc.cluster.local", Port: 80, Path: "/x?y=z", Header: map[string][]string{"X": {"k"}}}, nil)
 		r.Done()
 	})
 }

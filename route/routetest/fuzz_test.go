@@ -66,6 +66,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(seedVS))
 	f.Add([]byte(seedHTTPRoute))
 	f.Add([]byte("cases: [{name: a, services: [{host: a.b.svc.cluster.local, port: 80}], request: {host: a.b.svc.cluster.local, port: 80}, source: s, expect: {destination: {host: a.b.svc.cluster.local}}}]"))
+	f.Add([]byte("cases: [{name: z, waypointLocality: {region: r1}, services: [{host: a.b.svc.cluster.local, vip: 240.0.0.1, resolution: NONE, waypoint: false, ports: [{port: 80, targetPort: web}], endpoints: [{networkGateway: 1.2.3.4, network: n2, ports: {web: 8080}}]}], request: {host: 240.0.0.1, port: 80, protocol: tcp}, source: s, expect: {destination: {host: 240.0.0.1}}}]"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		file, err := routetest.Parse(data)
 		if err != nil {
