@@ -131,7 +131,13 @@ type pool struct {
 	conns   []*conn
 	idle    map[*conn]*time.Timer
 	dialing *dialCall // non-nil while a connection is being set up
+	// dead is set when the pool has left d.pools (its last connection
+	// closed): callers holding it look the key up again.
+	dead bool
 }
+
+// errPoolGone tells Dial that the pool it looked up was removed.
+var errPoolGone = errors.New("hbone: pool removed")
 
 // dialCall is one connection set-up that other dials wait for.
 type dialCall struct {
@@ -201,10 +207,6 @@ func (d *Dialer) Dial(ctx context.Context, r Route) (*Conn, error) {
 	}
 	slices.Sort(exp)
 	key := poolKey{source: svid.ID.String(), expected: strings.Join(exp, ","), addr: r.Address, sourceIP: r.SourceIP}
-	p, err := d.pool(key, r)
-	if err != nil {
-		return nil, err
-	}
 	hdr := r.Header
 	if d.Header != nil {
 		hdr = d.Header.Clone()
@@ -214,11 +216,19 @@ func (d *Dialer) Dial(ctx context.Context, r Route) (*Conn, error) {
 	}
 	fields := connectFields(r.Authority, hdr)
 	var lastErr error
-	for range 3 {
-		c, err := p.get(ctx, r)
+	for attempt := 0; attempt < 3; {
+		p, err := d.pool(key, r)
 		if err != nil {
 			return nil, err
 		}
+		c, err := p.get(ctx, r)
+		if err == errPoolGone {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		attempt++
 		st, err := c.openStream(fields)
 		if err != nil {
 			lastErr = err
@@ -323,6 +333,10 @@ func (p *pool) get(ctx context.Context, r Route) (*conn, error) {
 			p.mu.Unlock()
 			return nil, ErrDialerClosed
 		}
+		if p.dead {
+			p.mu.Unlock()
+			return nil, errPoolGone
+		}
 		// Least-loaded usable connection.
 		var best, pending *conn
 		bestN, usable := 0, 0
@@ -397,6 +411,7 @@ func (p *pool) get(ctx context.Context, r Route) (*conn, error) {
 		call.err = err
 		close(call.done)
 		if err != nil {
+			p.removeIfEmptyLocked()
 			p.mu.Unlock()
 			return nil, err
 		}
@@ -483,14 +498,11 @@ func (p *pool) onIdle(c *conn) {
 	if t := p.idle[c]; t != nil {
 		t.Stop()
 	}
-	p.idle[c] = time.AfterFunc(idle, func() {
-		if c.activeStreams() == 0 {
-			c.closeGracefully(nil)
-		}
-	})
+	p.idle[c] = time.AfterFunc(idle, func() { c.retireIfIdle() })
 }
 
-// remove forgets a closed connection.
+// remove forgets a closed connection, and the pool itself with its last
+// connection, so that keys which come and go do not pile up in d.pools.
 func (p *pool) remove(c *conn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -499,6 +511,22 @@ func (p *pool) remove(c *conn) {
 		t.Stop()
 		delete(p.idle, c)
 	}
+	p.removeIfEmptyLocked()
+}
+
+// removeIfEmptyLocked drops the pool from d.pools if it has no connection
+// and none is being set up. p.mu is held.
+func (p *pool) removeIfEmptyLocked() {
+	if p.dead || len(p.conns) > 0 || p.dialing != nil {
+		return
+	}
+	p.dead = true
+	d := p.d
+	d.mu.Lock()
+	if d.pools[p.key] == p {
+		delete(d.pools, p.key)
+	}
+	d.mu.Unlock()
 }
 
 // Close closes every pooled connection (and with them their tunnels) and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -386,4 +387,96 @@ func TestSingleFlightDial(t *testing.T) {
 			})
 		})
 	}
+}
+
+// TestPoolRemovedWithLastConn churns through many pool keys: once their
+// connections are gone (idle eviction, or a dial that failed) the keys are
+// forgotten, and a key that comes back gets a fresh pool.
+func TestPoolRemovedWithLastConn(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ca := identitytest.NewCA(t, "cluster.local")
+		srv := &hbone.Server{Source: ca.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(hbonetest.Echo), KeepaliveInterval: -1}
+		defer srv.Close()
+		d := &hbone.Dialer{
+			Source:            ca.Source(t, hbonetest.ClientPath),
+			KeepaliveInterval: -1,
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if addr == "10.0.0.9:15008" {
+					return nil, errors.New("no route to host")
+				}
+				cEnd, sEnd := net.Pipe()
+				go srv.ServeConn(sEnd)
+				return cEnd, nil
+			},
+		}
+		defer d.Close()
+		// Every route has its own expected-identity set, hence its own key.
+		route := func(i int) hbone.Route {
+			return hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80",
+				Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath), ca.ID(fmt.Sprintf("ns/churn/sa/k%d", i))}}
+		}
+		const keys = 20
+		for i := range keys {
+			c, err := d.Dial(t.Context(), route(i))
+			require.NoError(t, err)
+			require.NoError(t, c.Close())
+		}
+		require.Equal(t, keys, hbone.PoolsForTest(d))
+		time.Sleep(hbone.DefaultIdleTimeout + time.Second)
+		synctest.Wait()
+		require.Equal(t, hbone.Stats{}, d.Stats())
+		require.Zero(t, hbone.PoolsForTest(d), "pools of keys whose connections were evicted")
+
+		// A key that returns works with a new pool.
+		c, err := d.Dial(t.Context(), route(0))
+		require.NoError(t, err)
+		require.Equal(t, 1, hbone.PoolsForTest(d))
+		_, err = c.Write([]byte("x"))
+		require.NoError(t, err)
+		_, err = io.ReadFull(c, make([]byte, 1))
+		require.NoError(t, err)
+		c.Close()
+
+		// A dial that fails leaves no pool behind.
+		for i := range keys {
+			r := route(i)
+			r.Address = "10.0.0.9:15008"
+			_, err := d.Dial(t.Context(), r)
+			require.ErrorContains(t, err, "no route to host")
+		}
+		require.Equal(t, 1, hbone.PoolsForTest(d))
+	})
+}
+
+// TestPoolChurnRace dials, uses and closes tunnels from many goroutines
+// while connections are evicted almost at once, so pools are removed and
+// recreated under the dials. Every tunnel must work, and Close must leave
+// no connection behind (leakcheck).
+func TestPoolChurnRace(t *testing.T) {
+	leakcheck.Check(t)
+	p := hbonetest.NewPair(t, hbone.HandlerFunc(hbonetest.Echo))
+	p.Dialer.IdleTimeout = time.Microsecond
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 40 {
+				c, err := p.Dialer.Dial(ctxT(t), hbone.Route{Address: p.Addr, Authority: "10.0.0.1:80",
+					Expected: []spiffeid.ID{p.ServerID, p.CA.ID(fmt.Sprintf("ns/churn/sa/k%d", (g+i)%3))}})
+				if !assert.NoError(t, err) {
+					return
+				}
+				_, err = c.Write([]byte{byte(i)})
+				assert.NoError(t, err)
+				b := make([]byte, 1)
+				_, err = io.ReadFull(c, b)
+				assert.NoError(t, err)
+				assert.Equal(t, byte(i), b[0])
+				c.Close()
+			}
+		})
+	}
+	wg.Wait()
+	require.NoError(t, p.Dialer.Close())
+	require.Equal(t, hbone.Stats{}, p.Dialer.Stats())
+	require.Zero(t, hbone.PoolsForTest(p.Dialer))
 }

@@ -73,7 +73,7 @@ type conn struct {
 	fr  *http2.Framer
 
 	// wmu serialises writes to nc. wbuf is only touched under wmu.
-	wmu  sync.Mutex
+	wmu  chanMutex
 	wbuf []byte
 
 	// cmu guards the queue of control frames and the HPACK encoder.
@@ -100,6 +100,7 @@ type conn struct {
 	goAwayRecv     bool
 	goAwayLastID   uint32
 	goAwaySent     bool
+	retired        bool // client: evicted while idle, takes no new streams
 	closed         bool
 	closeErr       error
 	settingsSeen   bool
@@ -142,6 +143,7 @@ func newConn(nc net.Conn, cfg connConfig) *conn {
 	c := &conn{
 		nc:             nc,
 		cfg:            cfg,
+		wmu:            make(chanMutex, 1),
 		kick:           make(chan struct{}, 1),
 		streams:        make(map[uint32]*stream),
 		peerMaxStreams: ^uint32(0),
@@ -212,6 +214,24 @@ func (c *conn) start() {
 	go c.readLoop()
 	go c.writeLoop()
 	c.signal()
+}
+
+// chanMutex is a mutex made of a one-slot channel, for the write lock,
+// which is held across network writes. A goroutine waiting for it is
+// durably blocked in the sense of testing/synctest (one waiting on a
+// sync.Mutex is not), so synctest tests over net.Pipe, whose writes block
+// until the other end reads, can still advance their fake clock.
+type chanMutex chan struct{}
+
+func (m chanMutex) Lock()   { m <- struct{}{} }
+func (m chanMutex) Unlock() { <-m }
+func (m chanMutex) TryLock() bool {
+	select {
+	case m <- struct{}{}:
+		return true
+	default:
+		return false
+	}
 }
 
 // readPreface reads and checks the client connection preface (server side).
@@ -1018,7 +1038,7 @@ const preSettingsStreams = 1
 func (c *conn) reserve(limit int) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.goAwayRecv || c.goAwaySent {
+	if c.closed || c.goAwayRecv || c.goAwaySent || c.retired {
 		return false
 	}
 	if c.nextID > 1<<31-1-2*uint32(c.reserved+2) {
@@ -1050,7 +1070,22 @@ func (c *conn) awaitingSettings() bool {
 func (c *conn) usable() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !c.closed && !c.goAwayRecv && !c.goAwaySent
+	return !c.closed && !c.goAwayRecv && !c.goAwaySent && !c.retired
+}
+
+// retireIfIdle closes the connection gracefully if it carries no stream
+// and no reservation, and makes sure no new stream is reserved on it in
+// the meantime. It reports whether it did.
+func (c *conn) retireIfIdle() bool {
+	c.mu.Lock()
+	if c.closed || c.retired || len(c.streams) > 0 || c.reserved > 0 {
+		c.mu.Unlock()
+		return false
+	}
+	c.retired = true
+	c.mu.Unlock()
+	c.closeGracefully(nil)
+	return true
 }
 
 // draining reports whether the peer sent GOAWAY.

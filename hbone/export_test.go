@@ -23,3 +23,10 @@ func ServePlainForTest(s *Server, nc net.Conn, peer spiffeid.ID) error {
 	}()
 	return s.serveH2(nc, peer, nil, func() {})
 }
+
+// PoolsForTest reports how many pool keys d holds.
+func PoolsForTest(d *Dialer) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.pools)
+}
