@@ -130,6 +130,28 @@ type mesh struct {
 	origDst map[netip.AddrPort]netip.AddrPort // listener address -> original destination
 	metrics *hookCounter
 	serving []chan error
+	dials   *dialLog // node B's workload dials, with meshOptions.recordDials
+	stopped sync.Once
+}
+
+// dialLog records the workload connections node B opens.
+type dialLog struct {
+	mu      sync.Mutex
+	targets []netip.AddrPort
+}
+
+func (d *dialLog) dial(ctx context.Context, _ *proxy.Workload, addr, _ netip.AddrPort) (net.Conn, error) {
+	d.mu.Lock()
+	d.targets = append(d.targets, addr)
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", addr.String())
+}
+
+func (d *dialLog) seen() []netip.AddrPort {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]netip.AddrPort(nil), d.targets...)
 }
 
 type hookCounter struct {
@@ -158,6 +180,10 @@ type meshOptions struct {
 	strictHook  bool // Config.PlaintextAllowed refuses everything on node B
 	idleTimeout time.Duration
 	quietLogs   bool
+	// recordDials makes node B dial workloads through mesh.dials.
+	recordDials bool
+	// reservedPorts is node B's Config.ReservedPorts.
+	reservedPorts []uint16
 }
 
 func newMesh(t testing.TB, opt meshOptions) *mesh {
@@ -189,7 +215,8 @@ func newMesh(t testing.TB, opt meshOptions) *mesh {
 	st, err := proxy.NewState(meshWorkloads(), meshServices(), opts...)
 	require.NoError(t, err)
 	m := &mesh{t: t, ca: ca, ids: ids, logA: &logBuffer{}, logB: &logBuffer{},
-		state: &proxy.StateHolder{}, origDst: map[netip.AddrPort]netip.AddrPort{}, metrics: &hookCounter{}}
+		state: &proxy.StateHolder{}, origDst: map[netip.AddrPort]netip.AddrPort{}, metrics: &hookCounter{},
+		dials: &dialLog{}}
 	m.state.Store(st)
 
 	mk := func(node string, lb *logBuffer, hooks proxy.Hooks) *proxy.Proxy {
@@ -200,11 +227,18 @@ func newMesh(t testing.TB, opt meshOptions) *mesh {
 			OriginalDst:  m.originalDst,
 			BindSourceIP: true,
 			IdleTimeout:  opt.idleTimeout,
-			Logger:       slog.New(slog.NewJSONHandler(lb, nil)),
-			Hooks:        hooks,
+			// Debug too: the HBONE server's handshake failures.
+			Logger: slog.New(slog.NewJSONHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
+			Hooks:  hooks,
 		}
 		if node == "n2" && opt.strictHook {
 			cfg.PlaintextAllowed = func(*proxy.Workload, uint16) bool { return false }
+		}
+		if node == "n2" && opt.recordDials {
+			cfg.DialWorkload = m.dials.dial
+		}
+		if node == "n2" {
+			cfg.ReservedPorts = opt.reservedPorts
 		}
 		if opt.quietLogs {
 			cfg.Logger = nil
@@ -232,8 +266,10 @@ func (m *mesh) serve(f func() error) {
 }
 
 // stop shuts both proxies down and checks that every Serve returned
-// ErrProxyClosed.
-func (m *mesh) stop() {
+// ErrProxyClosed. Only the first call does anything.
+func (m *mesh) stop() { m.stopped.Do(m.doStop) }
+
+func (m *mesh) doStop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	assert.NoError(m.t, m.a.Shutdown(ctx))

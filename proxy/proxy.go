@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,6 +86,16 @@ type Config struct {
 	// the State's PeerAuthn decides (see WithPeerAuthn); without one,
 	// PERMISSIVE (plaintext is allowed).
 	PlaintextAllowed func(dst *Workload, port uint16) bool
+	// ReservedPorts are the proxy's own ports. An inbound connection (an
+	// HBONE CONNECT target or a redirected plaintext destination) for one
+	// of them on a local workload is refused, with 503 or a reset: the
+	// proxy dials workloads with the mark that exempts its sockets from
+	// redirection, so such a dial would land in its own listener and loop
+	// (hbone.md §C.11 step 4, ztunnel's "illegal ports"). The address of
+	// every listener this Proxy serves is refused too, whatever its port.
+	// If nil, [DefaultReservedPorts]; an empty non-nil slice leaves only
+	// the listeners' addresses.
+	ReservedPorts []uint16
 	// ConnectTimeout bounds connecting upstream (HBONE or TCP). If zero,
 	// 10 s.
 	ConnectTimeout time.Duration
@@ -94,10 +106,21 @@ type Config struct {
 	// If zero, ztunnel's 180 s idle, 180 s interval, 9 probes.
 	Keepalive net.KeepAliveConfig
 	// Logger receives the access log ("connection complete" per
-	// connection) and "RBAC rejected" lines. If nil, discard.
+	// connection) and "RBAC rejected" lines, and at Debug the HBONE
+	// server's per-connection events (such as failed TLS handshakes). If
+	// nil, discard.
 	Logger *slog.Logger
 	// Hooks are called for metrics. Nil funcs are skipped.
 	Hooks Hooks
+}
+
+// DefaultReservedPorts returns the ports Config.ReservedPorts defaults
+// to: ztunnel's data-path ports 15001 (outbound), 15006 (inbound
+// plaintext), 15008 (HBONE) and 15080 (SOCKS5), which ztunnel refuses as
+// targets, and its admin (15000), metrics (15020) and readiness (15021)
+// ports, which Istio also reserves for itself.
+func DefaultReservedPorts() []uint16 {
+	return []uint16{15000, 15001, 15006, 15008, 15020, 15021, 15080}
 }
 
 // Hooks observe connections for metrics. They run on the data path and
@@ -155,12 +178,23 @@ type Proxy struct {
 	tlsMu  sync.Mutex
 	tlsFor map[spiffeid.ID]*tls.Config
 
+	reserved []uint16
+
 	mu        sync.Mutex
 	closed    bool
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
-	done      chan struct{} // closed when conns drains after close
-	wg        sync.WaitGroup
+	// own counts the addresses of the listeners being served; wildcard
+	// listeners are keyed by [::]:port.
+	own   map[netip.AddrPort]int
+	conns map[net.Conn]struct{} // accepted connections
+	wg    sync.WaitGroup        // per accepted connection
+	// relays holds both ends of every relay (the inbound HBONE ones run
+	// on the hbone server's goroutines, outside conns), so that a forced
+	// shutdown can end a relay whose accepted side already finished.
+	relays    map[net.Conn]struct{}
+	nrelays   int
+	relayDone sync.Cond // on mu; signalled when nrelays drops to 0
+	forced    bool      // Shutdown's grace period ended: close relays at once
 }
 
 // New checks cfg and returns a Proxy.
@@ -189,8 +223,15 @@ func New(cfg Config) (*Proxy, error) {
 		log:       log,
 		tlsFor:    make(map[spiffeid.ID]*tls.Config),
 		listeners: make(map[net.Listener]struct{}),
+		own:       make(map[netip.AddrPort]int),
 		conns:     make(map[net.Conn]struct{}),
+		relays:    make(map[net.Conn]struct{}),
+		reserved:  cfg.ReservedPorts,
 	}
+	if p.reserved == nil {
+		p.reserved = DefaultReservedPorts()
+	}
+	p.relayDone.L = &p.mu
 	p.dialer = &hbone.Dialer{ConnectTimeout: cfg.ConnectTimeout}
 	p.dialers = make(map[string]*hbone.Dialer)
 	p.server = &hbone.Server{
@@ -200,6 +241,7 @@ func New(cfg Config) (*Proxy, error) {
 			GetConfigForClient: p.serverTLS,
 		},
 		Handler: hbone.HandlerFunc(p.serveHBONE),
+		Logger:  cfg.Logger,
 	}
 	return p, nil
 }
@@ -222,6 +264,40 @@ func (p *Proxy) serverTLS(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		p.tlsFor[id] = c
 	}
 	return c, nil
+}
+
+// ownKey is the key of a listener address in Proxy.own.
+func ownKey(a netip.AddrPort) netip.AddrPort {
+	if a.Addr().IsUnspecified() {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), a.Port())
+	}
+	return a
+}
+
+// addOwn records (or, with d = -1, forgets) a listener's address.
+func (p *Proxy) addOwn(ln net.Listener, d int) {
+	k := ownKey(addrPortOf(ln.Addr()))
+	if !k.IsValid() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.own[k] += d; p.own[k] <= 0 {
+		delete(p.own, k)
+	}
+}
+
+// selfTarget reports whether connecting to target, a local workload's
+// address, would reach the proxy itself: a reserved port, or the address
+// of a listener it serves (a wildcard listener takes its port on every
+// address).
+func (p *Proxy) selfTarget(target netip.AddrPort) bool {
+	if slices.Contains(p.reserved, target.Port()) {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.own[target] > 0 || p.own[netip.AddrPortFrom(netip.IPv6Unspecified(), target.Port())] > 0
 }
 
 func (p *Proxy) local(w *Workload) bool {
@@ -257,7 +333,9 @@ func (p *Proxy) serve(ln net.Listener, handle func(net.Conn)) error {
 	}
 	p.listeners[ln] = struct{}{}
 	p.mu.Unlock()
+	p.addOwn(ln, 1)
 	defer func() {
+		p.addOwn(ln, -1)
 		p.mu.Lock()
 		delete(p.listeners, ln)
 		p.mu.Unlock()
@@ -510,6 +588,8 @@ func (p *Proxy) ServeInboundHBONE(ln net.Listener) error {
 		ln.Close()
 		return ErrProxyClosed
 	}
+	p.addOwn(ln, 1)
+	defer p.addOwn(ln, -1)
 	err := p.server.Serve(ln)
 	if errors.Is(err, hbone.ErrServerClosed) {
 		return ErrProxyClosed
@@ -545,33 +625,56 @@ func (p *Proxy) serveHBONE(r *hbone.Request) {
 	p.complete(info)
 }
 
+// inboundUpstream checks an HBONE request in the order of hbone.md §C.11
+// and connects to its target: 400 for a bad or mismatched authority, 503
+// for an unknown destination, service or port or a target that is the
+// proxy itself, 401 when policy denies, 503 when the connect fails.
+//
+// A destination address that is not a workload of the State never gets
+// here: the TLS handshake already failed, because the server certificate
+// is the destination workload's (serverTLS; §A.3). Only a workload removed
+// between the handshake and the request, or one of another node, is a 503
+// here.
 func (p *Proxy) inboundUpstream(st *State, r *hbone.Request, info *ConnInfo) (int, net.Conn, error) {
 	host, port, err := hbone.SplitAuthority(r.Authority)
 	if err != nil {
 		return http.StatusBadRequest, nil, err
 	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return http.StatusServiceUnavailable, nil, fmt.Errorf("%w: authority %q is not an address", ErrUnknownDestination, r.Authority)
+	local := info.DstAddr.Addr()
+	ip, perr := netip.ParseAddr(host)
+	if perr == nil {
+		if ip = ip.Unmap(); ip != local {
+			info.HBONEAddr = netip.AddrPortFrom(ip, port)
+			return http.StatusBadRequest, nil, fmt.Errorf("proxy: authority %s does not match the dialled address %s", r.Authority, local)
+		}
 	}
-	ip = ip.Unmap()
-	target := netip.AddrPortFrom(ip, port)
-	info.HBONEAddr = target
 	if src, ok := st.WorkloadByAddr(info.SrcAddr.Addr()); ok && st.IdentityOf(src) == r.Peer {
 		info.SrcWorkload = src
 	}
-	if ip != info.DstAddr.Addr() {
-		return http.StatusBadRequest, nil, fmt.Errorf("proxy: authority %s does not match the dialled address %s", r.Authority, info.DstAddr.Addr())
-	}
-	dst, ok := st.WorkloadByAddr(ip)
+	// The target is always the dialled workload; the authority gives the
+	// port, or the service and port when it is a hostname (a request that
+	// came through a network gateway).
+	target := netip.AddrPortFrom(local, port)
+	info.HBONEAddr = target
+	dst, ok := st.WorkloadByAddr(local)
 	if !ok || !p.local(dst) {
-		return http.StatusServiceUnavailable, nil, fmt.Errorf("%w: %s", ErrUnknownDestination, ip)
+		return http.StatusServiceUnavailable, nil, fmt.Errorf("%w: %s", ErrUnknownDestination, local)
 	}
 	info.DstWorkload, info.DstIdentity = dst, st.IdentityOf(dst)
-	// The client names the service it meant in forwarded's host (used
-	// for attribution only, as ztunnel does).
-	if f, err := hbone.ParseForwarded(r.Header.Get(hbone.HeaderForwarded)); err == nil {
+	if perr != nil {
+		svc, tport, err := inboundService(st, dst, host, port)
+		if err != nil {
+			return http.StatusServiceUnavailable, nil, err
+		}
+		target = netip.AddrPortFrom(local, tport)
+		info.HBONEAddr, info.DstService = target, svc.Hostname
+	} else if f, err := hbone.ParseForwarded(r.Header.Get(hbone.HeaderForwarded)); err == nil {
+		// The client names the service it meant in forwarded's host (used
+		// for attribution only, as ztunnel does).
 		info.DstService = f.Host
+	}
+	if p.selfTarget(target) {
+		return http.StatusServiceUnavailable, nil, fmt.Errorf("%w: %s", ErrSelfConnect, target)
 	}
 	if err := p.authorize(st, dst, info, identity.PrincipalFromID(r.Peer), target); err != nil {
 		return http.StatusUnauthorized, nil, err
@@ -581,6 +684,31 @@ func (p *Proxy) inboundUpstream(st *State, r *hbone.Request, info *ConnInfo) (in
 		return http.StatusServiceUnavailable, nil, err
 	}
 	return http.StatusOK, up, nil
+}
+
+// inboundService resolves a hostname authority: the service of that
+// hostname that dst backs (one in dst's namespace first), and dst's target
+// port for the service port.
+func inboundService(st *State, dst *Workload, host string, port uint16) (*Service, uint16, error) {
+	var svc *Service
+	for key := range dst.Services {
+		ns, h, _ := strings.Cut(key, "/")
+		if h != host {
+			continue
+		}
+		if s, ok := st.ServiceByKey(key); ok && (svc == nil || ns == dst.Namespace) {
+			svc = s
+		}
+	}
+	if svc == nil {
+		return nil, 0, fmt.Errorf("%w: %s backs no service %s", ErrUnknownDestination, dst.UID, host)
+	}
+	for _, ep := range st.Endpoints(svc, port) {
+		if ep.Workload == dst {
+			return svc, ep.TargetPort, nil
+		}
+	}
+	return nil, 0, fmt.Errorf("%w: %s port %d", ErrUnknownPort, svc.Key(), port)
 }
 
 func (p *Proxy) dialWorkload(ctx context.Context, dst *Workload, target, src netip.AddrPort) (net.Conn, error) {
@@ -660,6 +788,12 @@ func (p *Proxy) inboundPlaintext(c net.Conn) {
 			return nil, fmt.Errorf("%w: %s", ErrUnknownDestination, target.Addr())
 		}
 		info.DstWorkload, info.DstIdentity = dst, st.IdentityOf(dst)
+		// Not redirected (the client dialled the listener itself), or
+		// redirected to one of the proxy's own ports: dialling it would
+		// come straight back here.
+		if target == addrPortOf(c.LocalAddr()) || p.selfTarget(target) {
+			return nil, fmt.Errorf("%w: %s", ErrSelfConnect, target)
+		}
 		if !p.plaintextAllowed(st, dst, target.Port()) {
 			return nil, ErrPlaintextRejected
 		}
@@ -760,7 +894,15 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 	serr := p.server.Shutdown(ctx)
 	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
+	go func() {
+		p.wg.Wait()
+		p.mu.Lock()
+		for p.nrelays > 0 {
+			p.relayDone.Wait()
+		}
+		p.mu.Unlock()
+		close(done)
+	}()
 	var err error
 	select {
 	case <-done:
@@ -789,10 +931,17 @@ func (p *Proxy) Close() error {
 	return nil
 }
 
+// closeConns ends every connection: the accepted ones and both ends of
+// every relay (closing only the accepted end would leave a relay whose
+// other direction waits on the upstream), and any relay starting later.
 func (p *Proxy) closeConns() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.forced = true
 	for c := range p.conns {
+		c.Close()
+	}
+	for c := range p.relays {
 		c.Close()
 	}
 }

@@ -14,7 +14,30 @@ import (
 // the kernel and tunnel streams hand over their buffers (netutil.Copy);
 // with an IdleTimeout the connection closes once no byte moved either way
 // for that long, without giving up those fast paths.
+//
+// The pair is registered so that Shutdown waits for it and, once its grace
+// period is over, closes both ends.
 func (p *Proxy) relay(a, b net.Conn) (aToB, bToA int64, err error) {
+	p.mu.Lock()
+	if p.forced {
+		p.mu.Unlock()
+		a.Close()
+		b.Close()
+		return 0, 0, ErrProxyClosed
+	}
+	p.relays[a] = struct{}{}
+	p.relays[b] = struct{}{}
+	p.nrelays++
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		delete(p.relays, a)
+		delete(p.relays, b)
+		if p.nrelays--; p.nrelays == 0 {
+			p.relayDone.Broadcast()
+		}
+		p.mu.Unlock()
+	}()
 	return relayIdle(a, b, p.cfg.IdleTimeout)
 }
 
