@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
-	"github.com/meshblocks/meshblocks/proxy"
 )
 
 func TestOutboundAllowedOverHBONE(t *testing.T) {
@@ -180,22 +180,32 @@ func TestInboundHBONEStatus(t *testing.T) {
 	}
 }
 
+// TestPlaintextToHBONEPortRejected: plaintext sent to the HBONE port is
+// refused by the TLS server, which closes the connection at once (EOF or a
+// reset, well before the client's deadline), and nothing is proxied.
 func TestPlaintextToHBONEPortRejected(t *testing.T) {
 	leakcheck.Check(t)
-	m := newMesh(t, meshOptions{})
-	_ = m
+	m := newMesh(t, meshOptions{recordDials: true})
+	echoServer(t, apOf(ipEcho, 8080), "")
 	c := dialFrom(t, ipSleep, apOf(ipEcho, 15008))
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(c, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n")
+	require.NoError(t, err)
 	b, err := io.ReadAll(c)
-	if err == nil {
-		// The TLS server answers a plaintext request with at most an
-		// alert, never with application data.
-		assert.False(t, strings.Contains(string(b), "HTTP/"), "got %q", b)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the server left the connection open: %v", err)
+	if err != nil {
+		require.True(t, isReset(err), "want EOF or a reset, got %v", err)
 	}
-	in := m.logB.lines("connection complete")
-	assert.Empty(t, in, "nothing is proxied")
+	// At most a TLS alert, never application data.
+	assert.NotContains(t, string(b), "HTTP/")
+	// The proxy has logged the failed handshake: only then is "nothing
+	// was proxied" a finding rather than a race.
+	hs := m.logB.waitLines(t, "hbone: TLS handshake failed", 1)
+	assert.Contains(t, hs[0]["err"], "does not look like a TLS handshake")
+	assert.Empty(t, m.logB.lines("connection complete"), "nothing is proxied")
+	assert.Empty(t, m.dials.seen(), "nothing is dialled")
 }
 
 func TestInboundPlaintext(t *testing.T) {
@@ -276,11 +286,15 @@ func TestSOCKS5(t *testing.T) {
 	assert.Equal(t, "sleep", out[0]["src.workload"])
 }
 
-func TestShutdownDrains(t *testing.T) {
+// TestShutdownGraceful: Shutdown stops accepting at once but lets an open
+// connection finish within the grace period, through both proxies, and
+// then returns nil.
+func TestShutdownGraceful(t *testing.T) {
 	leakcheck.Check(t)
 	m := newMesh(t, meshOptions{})
 	echoServer(t, apOf(ipEcho, 8080), "")
-	c := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 8080)))
+	addr := m.outboundTo(apOf(ipEcho, 8080))
+	c := dialFrom(t, ipSleep, addr)
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	_, err := io.WriteString(c, "x")
@@ -288,14 +302,108 @@ func TestShutdownDrains(t *testing.T) {
 	one := make([]byte, 1)
 	_, err = io.ReadFull(c, one)
 	require.NoError(t, err)
-	// With a short deadline the open connection is closed, not waited for.
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = m.a.Shutdown(ctx)
-	require.ErrorIs(t, err, context.DeadlineExceeded)
-	_, err = c.Read(one)
-	require.Error(t, err)
-	_ = proxy.ErrProxyClosed
+	results := make(chan error, 2)
+	go func() { results <- m.a.Shutdown(ctx) }()
+	go func() { results <- m.b.Shutdown(ctx) }()
+	// New connections are refused once the listener is closed.
+	require.Eventually(t, func() bool {
+		_, err := exchange(ipSleep, addr, "late")
+		return err != nil
+	}, 10*time.Second, 10*time.Millisecond, "node A still accepts after Shutdown")
+	select {
+	case err := <-results:
+		t.Fatalf("Shutdown returned %v while a connection was open", err)
+	default:
+	}
+	// The open connection still works during the grace period.
+	got, err := roundTrip(c, "finish")
+	require.NoError(t, err)
+	assert.Equal(t, "finish", got)
+	for range 2 {
+		select {
+		case err := <-results:
+			assert.NoError(t, err, "a drained proxy shuts down without error")
+		case <-time.After(20 * time.Second):
+			t.Fatal("Shutdown did not return after the last connection ended")
+		}
+	}
+	// (A probe that got in before the listener closed logs a line too.)
+	var drained []map[string]any
+	for _, l := range m.logA.waitLines(t, "connection complete", 1) {
+		if l["bytes_sent"] == float64(len("x")+len("finish")) {
+			drained = append(drained, l)
+		}
+	}
+	require.Len(t, drained, 1, "the drained connection's access log line")
+	assert.Equal(t, "INFO", drained[0]["level"], "it completed normally")
+}
+
+// TestShutdownForcesClose: connections still open when the grace period
+// ends are closed, and Shutdown reports the deadline. One of them is
+// half-closed and waits on an upstream that neither answers nor closes,
+// so only closing its upstream end ends the relay.
+func TestShutdownForcesClose(t *testing.T) {
+	leakcheck.Check(t)
+	m := newMesh(t, meshOptions{})
+	echoServer(t, apOf(ipEcho, 8080), "")
+	// A server that reads to EOF, then holds the connection open.
+	hold := listen(t, apOf(ipEcho, 8081))
+	release := make(chan struct{})
+	held := make(chan struct{})
+	go func() {
+		c, err := hold.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c)
+		close(held)
+		<-release
+	}()
+	defer func() { close(release); hold.Close() }()
+
+	active := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 8080)))
+	defer active.Close()
+	active.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.WriteString(active, "x")
+	require.NoError(t, err)
+	one := make([]byte, 1)
+	_, err = io.ReadFull(active, one)
+	require.NoError(t, err)
+
+	halfClosed := dialFrom(t, ipSleep, m.outboundTo(apOf(ipEcho, 8081)))
+	defer halfClosed.Close()
+	halfClosed.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(halfClosed, "bye")
+	require.NoError(t, err)
+	require.NoError(t, halfClosed.CloseWrite())
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream never saw the client's EOF")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	results := make(chan error, 2)
+	go func() { results <- m.a.Shutdown(ctx) }()
+	go func() { results <- m.b.Shutdown(ctx) }()
+	for range 2 {
+		select {
+		case err := <-results:
+			require.ErrorIs(t, err, context.DeadlineExceeded)
+		case <-time.After(20 * time.Second):
+			t.Fatal("Shutdown did not close the connections left after its deadline")
+		}
+	}
+	for _, c := range []*net.TCPConn{active, halfClosed} {
+		_, err := io.ReadAll(c)
+		var ne net.Error
+		assert.False(t, errors.As(err, &ne) && ne.Timeout(), "the client was left open: %v", err)
+	}
 }
 
 func TestConfigDump(t *testing.T) {

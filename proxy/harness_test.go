@@ -325,13 +325,24 @@ func listen(t testing.TB, a netip.AddrPort) net.Listener {
 	return ln
 }
 
-// dialFrom connects to addr from the source address src.
+// dialFrom connects to addr from the source address src. It stops the
+// test on failure, so only the test's goroutine may call it.
 func dialFrom(t testing.TB, src netip.Addr, addr netip.AddrPort) *net.TCPConn {
 	t.Helper()
+	c, err := dialTCP(src, addr)
+	require.NoError(t, err)
+	return c
+}
+
+// dialTCP connects to addr from the source address src; any goroutine may
+// call it.
+func dialTCP(src netip.Addr, addr netip.AddrPort) (*net.TCPConn, error) {
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
 	c, err := d.Dial("tcp", addr.String())
-	require.NoError(t, err)
-	return c.(*net.TCPConn)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // app servers
@@ -444,11 +455,10 @@ func isReset(err error) bool {
 // (the proxy can decide before the client's connect returns), so dial
 // errors are returned, not fatal.
 func exchange(src netip.Addr, addr netip.AddrPort, msg string) (string, error) {
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", addr.String())
+	c, err := dialTCP(src, addr)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	return roundTrip(c.(*net.TCPConn), msg)
+	return roundTrip(c, msg)
 }

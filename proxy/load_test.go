@@ -17,7 +17,8 @@ import (
 // TestLoad runs 200 concurrent connections through two proxies (outbound
 // on node A, HBONE, inbound on node B) for 20 s (2 s with -short), each
 // doing 1 KiB request/response exchanges, and requires zero errors and no
-// goroutine left behind.
+// goroutine left behind: once the clients are done and the proxies have
+// drained, the goroutine count is back to what it was before the load.
 func TestLoad(t *testing.T) {
 	leakcheck.Check(t)
 	const conns = 200
@@ -43,7 +44,11 @@ func TestLoad(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := dialFrom(t, ipSleep, addr)
+			c, err := dialTCP(ipSleep, addr)
+			if err != nil {
+				fail(err)
+				return
+			}
 			defer c.Close()
 			req := bytes.Repeat([]byte{byte(i)}, 1024)
 			resp := make([]byte, 1024)
@@ -73,8 +78,21 @@ func TestLoad(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d connections, %d exchanges in %v (%.0f/s), goroutines before %d, at end %d",
-		conns, exchanges.Load(), dur, float64(exchanges.Load())/dur.Seconds(), before, runtime.NumGoroutine())
+	atEnd := runtime.NumGoroutine()
 	require.Zero(t, failures.Load(), "first error: %v", firstErr)
 	require.Greater(t, exchanges.Load(), int64(conns))
+
+	// Drain both proxies (this also closes the pooled tunnels the load
+	// opened), then wait, bounded, for the count to reach the baseline.
+	m.stop()
+	after := runtime.NumGoroutine()
+	for deadline := time.Now().Add(10 * time.Second); after > before && time.Now().Before(deadline); after = runtime.NumGoroutine() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("%d connections, %d exchanges in %v (%.0f/s), goroutines: before %d, clients done %d, proxies stopped %d",
+		conns, exchanges.Load(), dur, float64(exchanges.Load())/dur.Seconds(), before, atEnd, after)
+	if after > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines left over the %d before the load:\n%s", after-before, before, buf[:runtime.Stack(buf, true)])
+	}
 }
