@@ -114,6 +114,8 @@ type Dialer struct {
 	mu     sync.Mutex
 	pools  map[poolKey]*pool
 	closed bool
+	// plainForTest skips TLS on dialled connections (fuzzing only).
+	plainForTest bool
 }
 
 type poolKey struct {
@@ -447,14 +449,9 @@ func (p *pool) dial(ctx context.Context, r Route) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", r.Address, err)
 	}
-	tc := tls.Client(nc, p.tlsConf)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("hbone: TLS handshake with %s: %w", r.Address, err)
-	}
-	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		tc.Close()
-		return nil, fmt.Errorf("hbone: %s: %w", r.Address, ErrNoALPN)
+	tc, err := p.handshake(ctx, nc, r.Address)
+	if err != nil {
+		return nil, err
 	}
 	c := newConn(tc, connConfig{
 		client:       true,
@@ -472,6 +469,23 @@ func (p *pool) dial(ctx context.Context, r Route) (*conn, error) {
 		l.Debug("hbone: connected", "addr", r.Address, "source", p.key.source)
 	}
 	return c, nil
+}
+
+// handshake runs the TLS client handshake on nc and checks ALPN h2.
+func (p *pool) handshake(ctx context.Context, nc net.Conn, addr string) (net.Conn, error) {
+	if p.d.plainForTest {
+		return nc, nil
+	}
+	tc := tls.Client(nc, p.tlsConf)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("hbone: TLS handshake with %s: %w", addr, err)
+	}
+	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		tc.Close()
+		return nil, fmt.Errorf("hbone: %s: %w", addr, ErrNoALPN)
+	}
+	return tc, nil
 }
 
 // onIdle runs when a connection has no streams left.

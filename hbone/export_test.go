@@ -30,3 +30,7 @@ func PoolsForTest(d *Dialer) int {
 	defer d.mu.Unlock()
 	return len(d.pools)
 }
+
+// SetPlainForTest makes d skip TLS on the connections it dials, so
+// fuzzing can reach the client's frame reader cheaply.
+func SetPlainForTest(d *Dialer) { d.plainForTest = true }

@@ -2,10 +2,14 @@ package hbone_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -132,4 +136,143 @@ func FuzzServerFrames(f *testing.F) {
 		hbone.ServePlainForTest(srv, b, spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b"))
 		srv.Close()
 	})
+}
+
+// FuzzClientFrames plays a server to our Dialer without TLS: it waits for
+// the client's first CONNECT (stream 1), then sends SETTINGS followed by
+// arbitrary bytes (responses, DATA, WINDOW_UPDATE, RST_STREAM, GOAWAY,
+// SETTINGS, PING, ...) and closes. The client opens the tunnel, writes,
+// half-closes, reads what it gets and dials a second tunnel; nothing may
+// panic or hang.
+func FuzzClientFrames(f *testing.F) {
+	frames := func(fn func(fr *http2.Framer, hdr func(id uint32, end bool, kv ...string))) []byte {
+		var buf, hb bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		enc := hpack.NewEncoder(&hb)
+		fn(fr, func(id uint32, end bool, kv ...string) {
+			hb.Reset()
+			for i := 0; i < len(kv); i += 2 {
+				enc.WriteField(hpack.HeaderField{Name: kv[i], Value: kv[i+1]})
+			}
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true, EndStream: end})
+		})
+		return buf.Bytes()
+	}
+	f.Add(frames(func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+		fr.WriteSettingsAck()
+		hdr(1, false, ":status", "200", "baggage", "k8s.namespace.name=x")
+		fr.WriteData(1, false, []byte("hello"))
+		fr.WriteDataPadded(1, false, []byte("x"), []byte{0, 0})
+		fr.WriteWindowUpdate(0, 1<<20)
+		fr.WriteWindowUpdate(1, 1<<20)
+		fr.WritePing(false, [8]byte{7})
+		fr.WriteData(1, true, nil)
+		hdr(3, false, ":status", "200")
+		fr.WriteRSTStream(3, http2.ErrCodeCancel)
+	}))
+	f.Add(frames(func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+		hdr(1, true, ":status", "503")
+		fr.WriteGoAway(1, http2.ErrCodeNo, []byte("drain"))
+	}))
+	f.Add(frames(func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+		hdr(1, false, ":status", "200")
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}, http2.Setting{ID: http2.SettingMaxFrameSize, Val: 16384})
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1 << 31})
+		fr.WriteWindowUpdate(1, 1<<31-1)
+	}))
+	f.Add(frames(func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+		hdr(1, false, ":status", "200")
+		fr.WriteRSTStream(1, http2.ErrCodeRefusedStream)
+		fr.WriteGoAway(0, http2.ErrCodeEnhanceYourCalm, nil)
+	}))
+	f.Add(frames(func(fr *http2.Framer, hdr func(uint32, bool, ...string)) {
+		fr.WriteData(2, false, []byte("idle"))
+		fr.WritePushPromise(http2.PushPromiseParam{StreamID: 1, PromiseID: 2, EndHeaders: true})
+	}))
+	f.Add([]byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}) // PING
+	f.Add([]byte{0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0})             // WINDOW_UPDATE of 0
+	f.Add([]byte{0, 0, 2, 1, 4, 0, 0, 0, 1, 0x88, 0xff})              // HEADERS, bad HPACK
+	ca := hbonetestCA(f, "cluster.local")
+	src := ca.Source(f, "ns/default/sa/client")
+	expected := []spiffeid.ID{ca.ID("ns/default/sa/server")}
+	var settings bytes.Buffer
+	http2.NewFramer(&settings, nil).WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 100})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var peers sync.WaitGroup
+		d := &hbone.Dialer{
+			Source: src, Expected: expected, MaxConnsPerKey: 1, KeepaliveInterval: -1,
+			DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				a, b := net.Pipe()
+				ca := &halfPipe{Conn: a}
+				peers.Go(func() {
+					defer func() {
+						ca.peerClosed.Store(true)
+						b.Close()
+					}()
+					fr := http2.NewFramer(nil, b)
+					pre := make([]byte, len(http2.ClientPreface))
+					if _, err := io.ReadFull(b, pre); err != nil {
+						return
+					}
+					for {
+						fh, err := fr.ReadFrame()
+						if err != nil {
+							return
+						}
+						if fh.Header().Type == http2.FrameHeaders {
+							break
+						}
+					}
+					go io.Copy(io.Discard, b)
+					b.Write(settings.Bytes())
+					b.Write(in)
+				})
+				return ca, nil
+			},
+		}
+		hbone.SetPlainForTest(d)
+		defer d.Close()
+		route := hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"}
+		c, err := d.Dial(ctx, route)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("ping"))
+			c.CloseWrite()
+			io.Copy(io.Discard, c)
+			c.Close()
+			if c2, err := d.Dial(ctx, route); err == nil {
+				c2.Close()
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("client hung: %v", err)
+		}
+		d.Close()
+		peers.Wait()
+	})
+}
+
+// halfPipe is the client end of a net.Pipe whose peer stops after its
+// input: once the peer closed, writes are discarded instead of failing,
+// so the client reads everything the peer sent (then EOF) as it would
+// from a socket whose peer half-closed.
+type halfPipe struct {
+	net.Conn
+	peerClosed atomic.Bool
+	closed     atomic.Bool
+}
+
+func (h *halfPipe) Write(p []byte) (int, error) {
+	n, err := h.Conn.Write(p)
+	if err != nil && h.peerClosed.Load() && !h.closed.Load() {
+		return len(p), nil
+	}
+	return n, err
+}
+
+func (h *halfPipe) Close() error {
+	h.closed.Store(true)
+	return h.Conn.Close()
 }

@@ -9,7 +9,7 @@ import (
 	"github.com/meshblocks/meshblocks/identity/identitytest"
 )
 
-func hbonetestCA(t *testing.T, td string) *identitytest.CA { return identitytest.NewCA(t, td) }
+func hbonetestCA(t testing.TB, td string) *identitytest.CA { return identitytest.NewCA(t, td) }
 
 func os_ErrDeadlineExceeded() error { return os.ErrDeadlineExceeded }
 
