@@ -191,7 +191,7 @@ func FuzzClientFrames(f *testing.F) {
 	}))
 	f.Add([]byte{0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}) // PING
 	f.Add([]byte{0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0})             // WINDOW_UPDATE of 0
-	f.Add([]byte{0, 0, 2, 1, 4, 0, 0, 0, 1, 0x88, 0xff})              // HEADERS, bad HPACK
+	f.Add([]byte{0, 0, 2, 1, 4, 0, 0, 0, 1, 0x88, 0xff})             // HEADERS, bad HPACK
 	ca := hbonetestCA(f, "cluster.local")
 	src := ca.Source(f, "ns/default/sa/client")
 	expected := []spiffeid.ID{ca.ID("ns/default/sa/server")}
