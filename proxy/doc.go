@@ -19,20 +19,25 @@
 //     balanced by [ZtunnelBalancer], route's STANDARD/STRICT/FAILOVER
 //     modes) and opens HBONE to the next hop's port 15008 with the source
 //     workload's certificate, expecting the destination's identity;
-//   - ServeInboundHBONE presents the dialled workload's certificate, checks
-//     the :authority (400), that the workload is on this node (503), the
-//     L4 policy with the peer's identity and address (401, logged as
+//   - ServeInboundHBONE presents the dialled workload's certificate (an
+//     address that is no workload fails the TLS handshake), checks the
+//     :authority (400), that the workload is on this node, that a hostname
+//     authority names a service and port it backs, and that the target is
+//     not one of the proxy's own ports or listeners (each 503), the L4
+//     policy with the peer's identity and address (401, logged as
 //     "RBAC rejected conn=ip(identity)->ip:port"), connects to the workload
 //     and only then answers 200;
 //   - ServeInboundPlaintext applies PeerAuthentication (STRICT refuses)
-//     and the policy with no principal;
+//     and the policy with no principal, and resets connections addressed
+//     to the proxy itself;
 //   - ServeSOCKS5 is the outbound path for applications that name their
 //     destination themselves.
 //
 // Refused connections are reset (SO_LINGER 0), so clients see "connection
 // reset by peer" as with ztunnel. Bytes are relayed with per-direction
 // half-close, pooled buffers, splice(2) between plain sockets, optional idle
-// timeouts and TCP keepalive; Shutdown drains. Every connection ends with an
+// timeouts (which keep those fast paths) and TCP keepalive; Shutdown drains,
+// then closes both ends of what is left. Every connection ends with an
 // access-log line ("connection complete" with src.addr, src.workload,
 // src.identity, dst.addr, dst.hbone_addr, dst.service, dst.workload,
 // dst.identity, direction, bytes_sent, bytes_recv, duration, error) and

@@ -101,3 +101,15 @@ func ExampleNew() {
 	fmt.Println(p.Shutdown(sctx))
 	// Output: <nil>
 }
+
+// The proxy's own ports are never dialled for inbound traffic. A node
+// proxy that also serves something else in the workloads' network (here a
+// debug endpoint on 15090) adds it to the defaults.
+func ExampleDefaultReservedPorts() {
+	fmt.Println(proxy.DefaultReservedPorts())
+	cfg := proxy.Config{ReservedPorts: append(proxy.DefaultReservedPorts(), 15090)}
+	fmt.Println(len(cfg.ReservedPorts))
+	// Output:
+	// [15000 15001 15006 15008 15020 15021 15080]
+	// 8
+}
