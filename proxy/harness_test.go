@@ -86,6 +86,24 @@ func (b *logBuffer) waitLines(t *testing.T, msg string, n int) []map[string]any 
 	}
 }
 
+// waitMatch waits (bounded) until a record with msg satisfies match, and
+// returns it: lines of concurrent connections come in any order.
+func (b *logBuffer) waitMatch(t *testing.T, msg string, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range b.lines(msg) {
+			if match(l) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log line matches; have %v", msg, b.lines(msg))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func meshWorkloads() []proxy.Workload {
 	return []proxy.Workload{
 		{UID: "c//Pod/default/sleep", Name: "sleep", Namespace: "default", ServiceAccount: "sleep",

@@ -124,9 +124,10 @@ swapping:
 	got, err := exchange(ipSleep, m.outboundTo(apOf(vipEcho2, 80)), "via echo2")
 	require.NoError(t, err)
 	assert.Equal(t, "via echo2", got)
-	lines := m.logA.lines("connection complete")
-	require.NotEmpty(t, lines)
-	assert.Equal(t, "echo2.default.svc.cluster.local", lines[len(lines)-1]["dst.service"])
+	l := m.logA.waitMatch(t, "connection complete", func(l map[string]any) bool {
+		return l["dst.service"] == "echo2.default.svc.cluster.local"
+	})
+	assert.Equal(t, "127.77.0.3:8080", l["dst.hbone_addr"], "resolved through echo2's VIP to echo")
 
 	m.state.Store(s1)
 	// Under s1 echo2's VIP is no service: passed through as plain TCP to
