@@ -100,7 +100,8 @@ type conn struct {
 	goAwayRecv     bool
 	goAwayLastID   uint32
 	goAwaySent     bool
-	retired        bool // client: evicted while idle, takes no new streams
+	lastClosedRST  uint32 // last closed stream answered with STREAM_CLOSED
+	retired        bool   // client: evicted while idle, takes no new streams
 	closed         bool
 	closeErr       error
 	settingsSeen   bool
@@ -647,11 +648,28 @@ func (c *conn) readData(id uint32, flags http2.Flags, length int) error {
 	}
 	st := c.streams[id]
 	if st == nil {
+		idle := c.idleStreamLocked(id)
 		c.mu.Unlock()
+		if idle {
+			// RFC 9113 §5.1: DATA on a stream never opened is a
+			// connection error.
+			c.protoError(http2.ErrCodeProtocol, "DATA on idle stream %d", id)
+			return io.EOF
+		}
+		// A closed stream: drop the data (crediting the connection
+		// window) and answer with RST_STREAM(STREAM_CLOSED), once per
+		// stream in a row of frames.
 		if _, err := c.br.Discard(length + pad); err != nil {
 			return err
 		}
 		c.credit(nil, frameLen)
+		c.mu.Lock()
+		dup := c.lastClosedRST == id
+		c.lastClosedRST = id
+		c.mu.Unlock()
+		if !dup {
+			c.queue(func(fr *http2.Framer) { fr.WriteRSTStream(id, http2.ErrCodeStreamClosed) })
+		}
 		return nil
 	}
 	c.mu.Unlock()
@@ -675,9 +693,9 @@ func (c *conn) readData(id uint32, flags http2.Flags, length int) error {
 			return err
 		}
 	}
-	accepted, overflow := st.push(chunks, int64(length), frameLen, flags.Has(http2.FlagDataEndStream))
-	if overflow {
-		c.resetStream(id, http2.ErrCodeFlowControl)
+	accepted, code, bad := st.push(chunks, int64(length), frameLen, flags.Has(http2.FlagDataEndStream))
+	if bad {
+		c.resetStream(id, code)
 	}
 	// Padding, and data for a stream no longer read, is credited now.
 	if unread := frameLen - accepted; unread > 0 {
@@ -767,7 +785,12 @@ func (c *conn) handleFrame(f http2.Frame) bool {
 	case *http2.RSTStreamFrame:
 		c.mu.Lock()
 		st := c.streams[f.StreamID]
+		idle := st == nil && c.idleStreamLocked(f.StreamID)
 		c.mu.Unlock()
+		if idle {
+			c.protoError(http2.ErrCodeProtocol, "RST_STREAM on idle stream %d", f.StreamID)
+			return false
+		}
 		if st != nil {
 			st.peerReset(f.ErrCode)
 			c.removeStream(st)
@@ -852,6 +875,10 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) bool {
 			c.resetStream(f.StreamID, http2.ErrCodeFlowControl)
 			return true
 		}
+	} else if c.idleStreamLocked(f.StreamID) {
+		c.mu.Unlock()
+		c.protoError(http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream %d", f.StreamID)
+		return false
 	}
 	c.wakeWritersLocked()
 	c.mu.Unlock()
@@ -890,6 +917,13 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) bool {
 	c.mu.Unlock()
 	if c.cfg.client {
 		if st == nil {
+			c.mu.Lock()
+			idle := c.idleStreamLocked(id)
+			c.mu.Unlock()
+			if idle {
+				c.protoError(http2.ErrCodeProtocol, "HEADERS on idle stream %d", id)
+				return false
+			}
 			return true // response for a stream we already gave up on
 		}
 		st.gotResponse(f)
@@ -898,7 +932,9 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) bool {
 	if st != nil {
 		// Trailers. CONNECT streams have none; honour END_STREAM.
 		if f.StreamEnded() {
-			st.push(nil, 0, 0, true)
+			if _, code, bad := st.push(nil, 0, 0, true); bad {
+				c.resetStream(id, code)
+			}
 		}
 		return true
 	}
@@ -914,6 +950,7 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) bool {
 		nst = newStream(c, id)
 		if f.StreamEnded() {
 			nst.recvDone = true
+			nst.endRecv = true
 			nst.rerr = io.EOF
 		}
 		c.streams[id] = nst
@@ -925,6 +962,19 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) bool {
 	}
 	c.cfg.newStream(nst, f)
 	return true
+}
+
+// idleStreamLocked reports whether stream id was never opened (RFC 9113
+// §5.1 "idle"). A client opens odd streams in order and a server opens
+// none (push is disabled). c.mu is held.
+func (c *conn) idleStreamLocked(id uint32) bool {
+	if id == 0 {
+		return false
+	}
+	if c.cfg.client {
+		return id%2 == 0 || id >= c.nextID
+	}
+	return id%2 == 0 || id > c.lastPeerID
 }
 
 // removeStream forgets st; when the last stream goes, onIdle runs.

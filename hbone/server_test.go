@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/meshblocks/meshblocks/hbone/hbonetest"
@@ -23,6 +24,7 @@ func rawClient(t *testing.T, p *hbonetest.Pair, settings ...http2.Setting) *rawP
 	c, err := tls.Dial("tcp", p.Addr, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(15 * time.Second)) // a missing frame fails the test, not hangs it
 	rp := newRawPeer(t, c)
 	rp.wmu.Lock()
 	c.Write([]byte(http2.ClientPreface))

@@ -38,6 +38,7 @@ type Conn struct {
 	recvWin     int64
 	recvUnacked int64
 	recvDone    bool // END_STREAM or reset received
+	endRecv     bool // END_STREAM received
 	wclosed     bool // END_STREAM sent or write side gone
 	werr        error
 
@@ -84,21 +85,28 @@ func (st *stream) notify() {
 }
 
 // push appends received data. It returns how many bytes of the frame
-// will be credited later as they are read, and whether the peer overran
-// the stream window.
-func (st *stream) push(chunks [][]byte, length, frameLen int64, end bool) (int64, bool) {
+// will be credited later as they are read, and, if the frame is a stream
+// error, its code: FLOW_CONTROL_ERROR when the peer overran the stream
+// window, STREAM_CLOSED for a frame after the peer's END_STREAM.
+func (st *stream) push(chunks [][]byte, length, frameLen int64, end bool) (int64, http2.ErrCode, bool) {
 	c := st.c
 	c.mu.Lock()
-	st.recvWin -= frameLen
-	if st.recvWin < 0 {
+	code, bad := http2.ErrCodeNo, false
+	if st.endRecv {
+		code, bad = http2.ErrCodeStreamClosed, true
+	} else if st.recvWin -= frameLen; st.recvWin < 0 {
+		code, bad = http2.ErrCodeFlowControl, true
+	}
+	if bad {
 		c.mu.Unlock()
 		for _, b := range chunks {
 			putBuf(b)
 		}
-		return 0, true
+		return 0, code, true
 	}
 	if end {
 		st.recvDone = true
+		st.endRecv = true
 	}
 	finished := end && st.wclosed
 	c.mu.Unlock()
@@ -112,7 +120,7 @@ func (st *stream) push(chunks [][]byte, length, frameLen int64, end bool) (int64
 		if finished {
 			c.removeStream(st)
 		}
-		return 0, false
+		return 0, 0, false
 	}
 	st.rq = append(st.rq, chunks...)
 	if end && st.rerr == nil {
@@ -123,7 +131,7 @@ func (st *stream) push(chunks [][]byte, length, frameLen int64, end bool) (int64
 	if finished {
 		c.removeStream(st)
 	}
-	return length, false
+	return length, 0, false
 }
 
 // abort fails both directions with err (buffered data stays readable).
@@ -198,7 +206,9 @@ func (st *stream) gotResponse(f *http2.MetaHeadersFrame) {
 	}
 	st.mu.Unlock()
 	if f.StreamEnded() {
-		st.push(nil, 0, 0, true)
+		if _, code, bad := st.push(nil, 0, 0, true); bad {
+			st.c.resetStream(st.id, code)
+		}
 	}
 }
 
