@@ -30,6 +30,9 @@ const (
 	DefaultConnectTimeout    = 10 * time.Second
 	DefaultKeepaliveInterval = defaultPingInterval
 	DefaultKeepaliveTimeout  = defaultPingTimeout
+	// DefaultDrainTimeout is how long Server.Shutdown lets streams finish
+	// when its context has no deadline (spec §B.8).
+	DefaultDrainTimeout = 5 * time.Second
 	// TCPKeepalive is the TCP keepalive idle time and probe interval set on
 	// tunnel sockets, as ztunnel does (with 9 probes).
 	TCPKeepalive = 180 * time.Second

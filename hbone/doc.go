@@ -26,6 +26,10 @@
 //	go srv.Serve(ln)
 //	defer srv.Shutdown(ctx)
 //
+// Shutdown sends GOAWAY and lets open streams finish until ctx's deadline
+// or, if ctx has none, for Server.DrainTimeout (5 s by default, as
+// ztunnel's drain deadline), then closes what is left.
+//
 // Helpers build and parse the optional request headers (baggage, forwarded,
 // traceparent) and PROXY protocol v2 headers with the SPIFFE-ID TLV used for
 // application tunnels. Package hbonetest runs a client/server pair in

@@ -174,6 +174,11 @@ type Server struct {
 	// KeepaliveTimeout closes a connection (after GOAWAY) whose PING is
 	// not answered in time. If zero, 20 s.
 	KeepaliveTimeout time.Duration
+	// DrainTimeout bounds Shutdown when its context has no deadline:
+	// streams get this long after GOAWAY to finish before their
+	// connections are closed (spec §B.8). If zero, 5 s; if negative,
+	// Shutdown waits as long as its context allows.
+	DrainTimeout time.Duration
 	// Logger receives per-connection events at Debug. If nil, discard.
 	Logger *slog.Logger
 
@@ -412,8 +417,18 @@ func (s *Server) checkDrainedLocked() {
 // Shutdown stops accepting, sends GOAWAY(NO_ERROR) on every connection,
 // waits for their streams to finish and closes them. If ctx ends first,
 // the remaining connections are closed at once and ctx's error is
-// returned. Serve returns ErrServerClosed.
+// returned. A ctx without a deadline gets the drain deadline of
+// DrainTimeout (5 s by default, as ztunnel's); when it passes, the error
+// wraps context.DeadlineExceeded. Serve returns ErrServerClosed.
 func (s *Server) Shutdown(ctx context.Context) error {
+	var drain time.Duration
+	if _, ok := ctx.Deadline(); !ok {
+		if drain = cmpOr(s.DrainTimeout, DefaultDrainTimeout); drain > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, drain)
+			defer cancel()
+		}
+	}
 	s.mu.Lock()
 	s.shutdown = true
 	if s.drained == nil {
@@ -449,6 +464,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		s.Close()
+		if drain > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("hbone: shutdown: streams still open after the %v drain deadline: %w", drain, ctx.Err())
+		}
 		return ctx.Err()
 	}
 }

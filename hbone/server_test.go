@@ -1,17 +1,21 @@
 package hbone_test
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/meshblocks/meshblocks/hbone/hbonetest"
 	"github.com/meshblocks/meshblocks/identity"
+	"github.com/meshblocks/meshblocks/identity/identitytest"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/http2"
 )
@@ -199,5 +203,57 @@ func TestCheckDestination(t *testing.T) {
 		var ce *hbone.ConnectError
 		require.ErrorAs(t, err, &ce)
 		require.Equal(t, http.StatusBadRequest, ce.StatusCode)
+	}
+}
+
+// TestShutdownDrainDeadline: Shutdown with a context that has no deadline
+// closes connections whose streams are still open after DrainTimeout (5 s
+// by default); a context deadline takes precedence.
+func TestShutdownDrainDeadline(t *testing.T) {
+	tests := []struct {
+		name     string
+		drain    time.Duration
+		deadline time.Duration // of Shutdown's context; 0: none
+		want     time.Duration
+	}{
+		{"default", 0, 0, 5 * time.Second},
+		{"DrainTimeout", 2 * time.Second, 0, 2 * time.Second},
+		{"context deadline earlier", 0, time.Second, time.Second},
+		{"context deadline later", 0, 30 * time.Second, 30 * time.Second},
+		{"negative DrainTimeout waits for the context", -1, 40 * time.Second, 40 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				ca := identitytest.NewCA(t, "cluster.local")
+				srv := &hbone.Server{Source: ca.Source(t, hbonetest.ServerPath), Handler: hbone.HandlerFunc(hbonetest.Echo),
+					DrainTimeout: tc.drain}
+				d := &hbone.Dialer{
+					Source:   ca.Source(t, hbonetest.ClientPath),
+					Expected: []spiffeid.ID{ca.ID(hbonetest.ServerPath)},
+					DialTCP: func(ctx context.Context, network, addr string) (net.Conn, error) {
+						cEnd, sEnd := net.Pipe()
+						go srv.ServeConn(sEnd)
+						return cEnd, nil
+					},
+				}
+				defer d.Close()
+				c, err := d.Dial(t.Context(), hbone.Route{Address: "10.0.0.1:15008", Authority: "10.0.0.1:80"})
+				require.NoError(t, err)
+				defer c.Close()
+				ctx := context.Background()
+				if tc.deadline > 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, tc.deadline)
+					defer cancel()
+				}
+				start := time.Now()
+				err = srv.Shutdown(ctx)
+				require.ErrorIs(t, err, context.DeadlineExceeded)
+				require.Equal(t, tc.want, time.Since(start))
+				_, err = c.Read(make([]byte, 1))
+				require.ErrorIs(t, err, hbone.ErrConnClosed)
+			})
+		})
 	}
 }
