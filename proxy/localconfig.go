@@ -1,83 +1,101 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
 
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/meshblocks/meshblocks/authz"
+	"github.com/meshblocks/meshblocks/authz/ztunnel"
 )
 
 // ErrLocalConfig is wrapped by every error of [ParseLocalConfig].
 var ErrLocalConfig = errors.New("proxy: local config")
 
-// LocalConfig is the content of a ztunnel LOCAL_XDS_PATH file: workloads
-// and services with ztunnel's field names.
+// LocalConfig is the content of a ztunnel LOCAL_XDS_PATH file: workloads,
+// services and authorization policies with ztunnel's field names.
 type LocalConfig struct {
 	Workloads []Workload
 	Services  []Service
+	// Policies are the file's policies converted for the authz engine
+	// (see [ztunnel.ToAuthz]); build the engine with
+	// authz.New(authz.Config{RootNamespace: RootNamespace}, Policies). The
+	// Labels of Workloads carry the binding labels that attach the
+	// policies each workload lists in its authorizationPolicies.
+	Policies []authz.Policy
+	// RootNamespace is the root namespace the policies imply.
+	RootNamespace string
 }
 
 type lcFile struct {
-	Workloads []lcWorkload `json:"workloads"`
-	Services  []lcService  `json:"services"`
-	Policies  []any        `json:"policies"`
+	Workloads []lcWorkload     `yaml:"workloads"`
+	Services  []lcService      `yaml:"services"`
+	Policies  ztunnel.Policies `yaml:"policies"`
 }
 
 type lcGateway struct {
-	Destination   string `json:"destination"`
-	HBONEMtlsPort uint16 `json:"hboneMtlsPort"`
+	Destination   string `yaml:"destination"`
+	HBONEMtlsPort uint16 `yaml:"hboneMtlsPort"`
 }
 
 type lcLocality struct {
-	Region  string `json:"region"`
-	Zone    string `json:"zone"`
-	Subzone string `json:"subzone"`
+	Region  string `yaml:"region"`
+	Zone    string `yaml:"zone"`
+	Subzone string `yaml:"subzone"`
 }
 
 type lcWorkload struct {
-	UID               string                       `json:"uid"`
-	Name              string                       `json:"name"`
-	Namespace         string                       `json:"namespace"`
-	ServiceAccount    string                       `json:"serviceAccount"`
-	TrustDomain       string                       `json:"trustDomain"`
-	WorkloadIPs       []string                     `json:"workloadIps"`
-	WorkloadIP        string                       `json:"workloadIp"`
-	Protocol          string                       `json:"protocol"`
-	Node              string                       `json:"node"`
-	Network           string                       `json:"network"`
-	ClusterID         string                       `json:"clusterId"`
-	CanonicalName     string                       `json:"canonicalName"`
-	CanonicalRevision string                       `json:"canonicalRevision"`
-	WorkloadName      string                       `json:"workloadName"`
-	WorkloadType      string                       `json:"workloadType"`
-	Status            string                       `json:"status"`
-	Capacity          uint32                       `json:"capacity"`
-	Locality          lcLocality                   `json:"locality"`
-	Labels            map[string]string            `json:"labels"`
-	Waypoint          *lcGateway                   `json:"waypoint"`
-	Services          map[string]map[string]uint16 `json:"services"`
+	UID               string                       `yaml:"uid"`
+	Name              string                       `yaml:"name"`
+	Namespace         string                       `yaml:"namespace"`
+	ServiceAccount    string                       `yaml:"serviceAccount"`
+	TrustDomain       string                       `yaml:"trustDomain"`
+	WorkloadIPs       []string                     `yaml:"workloadIps"`
+	WorkloadIP        string                       `yaml:"workloadIp"`
+	Protocol          string                       `yaml:"protocol"`
+	Node              string                       `yaml:"node"`
+	Network           string                       `yaml:"network"`
+	ClusterID         string                       `yaml:"clusterId"`
+	CanonicalName     string                       `yaml:"canonicalName"`
+	CanonicalRevision string                       `yaml:"canonicalRevision"`
+	WorkloadName      string                       `yaml:"workloadName"`
+	WorkloadType      string                       `yaml:"workloadType"`
+	Status            string                       `yaml:"status"`
+	Capacity          uint32                       `yaml:"capacity"`
+	Locality          lcLocality                   `yaml:"locality"`
+	Labels            map[string]string            `yaml:"labels"`
+	Waypoint          *lcGateway                   `yaml:"waypoint"`
+	Services          map[string]map[string]uint16 `yaml:"services"`
+	// AuthorizationPolicies are the "namespace/name" keys of the
+	// WorkloadSelector policies that apply to the workload.
+	AuthorizationPolicies []string `yaml:"authorizationPolicies"`
 }
 
 type lcLoadBalancing struct {
-	Mode              string   `json:"mode"`
-	RoutingPreference []string `json:"routingPreference"`
-	HealthPolicy      string   `json:"healthPolicy"`
+	Mode              string   `yaml:"mode"`
+	RoutingPreference []string `yaml:"routingPreference"`
+	HealthPolicy      string   `yaml:"healthPolicy"`
 }
 
 type lcService struct {
-	Name            string            `json:"name"`
-	Namespace       string            `json:"namespace"`
-	Hostname        string            `json:"hostname"`
-	VIPs            []string          `json:"vips"`
-	Ports           map[string]uint16 `json:"ports"`
-	SubjectAltNames []string          `json:"subjectAltNames"`
-	Waypoint        *lcGateway        `json:"waypoint"`
-	LoadBalancing   *lcLoadBalancing  `json:"loadBalancing"`
-	IPFamilies      string            `json:"ipFamilies"`
+	Name            string            `yaml:"name"`
+	Namespace       string            `yaml:"namespace"`
+	Hostname        string            `yaml:"hostname"`
+	VIPs            []string          `yaml:"vips"`
+	Ports           map[string]uint16 `yaml:"ports"`
+	SubjectAltNames []string          `yaml:"subjectAltNames"`
+	Waypoint        *lcGateway        `yaml:"waypoint"`
+	LoadBalancing   *lcLoadBalancing  `yaml:"loadBalancing"`
+	IPFamilies      string            `yaml:"ipFamilies"`
+	Canonical       bool              `yaml:"canonical"` // accepted, unused
 }
 
 // ParseLocalConfig decodes a ztunnel local config file (YAML or JSON):
@@ -93,6 +111,7 @@ type lcService struct {
 //	  services:
 //	    "default/example.com":
 //	      80: 8080
+//	  authorizationPolicies: [default/local-from-sleep]
 //	services:
 //	- name: local
 //	  namespace: default
@@ -100,37 +119,107 @@ type lcService struct {
 //	  vips: ["/127.10.0.1"]
 //	  ports:
 //	    80: 8080
+//	policies:
+//	- name: local-from-sleep
+//	  namespace: default
+//	  scope: WorkloadSelector
+//	  action: Allow
+//	  rules:
+//	  - - - principals:
+//	        - !Exact cluster.local/ns/default/sa/sleep
+//	  dryRun: false
 //
 // Waypoints are {destination: "network/IP" or "namespace/hostname",
-// hboneMtlsPort: 15008}. ztunnel's own "policies" section is refused:
-// give authorization policies as Istio YAML instead. Unknown fields are
-// errors. Errors name the field at fault and wrap [ErrLocalConfig].
+// hboneMtlsPort: 15008}. Policies are ztunnel's Authorizations (see
+// package authz/ztunnel for the format): Global, Namespace-wide, or
+// WorkloadSelector-scoped and then applied to the workloads that list them
+// in authorizationPolicies, exactly as ztunnel applies them; they come out
+// as [LocalConfig.Policies] for the authz engine. `meshctl authz convert`
+// writes them from Istio AuthorizationPolicy and PeerAuthentication YAML.
+//
+// Unknown fields are errors. Errors name the field at fault and wrap
+// [ErrLocalConfig].
 func ParseLocalConfig(data []byte) (*LocalConfig, error) {
-	var f lcFile
-	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+	return ParseLocalConfigFiles(LocalConfigFile{Data: data})
+}
+
+// LocalConfigFile is one input of [ParseLocalConfigFiles].
+type LocalConfigFile struct {
+	// Name prefixes the errors about the file (for example its path).
+	Name string
+	Data []byte
+}
+
+// ParseLocalConfigFiles decodes several local config files as one: their
+// workloads, services and policies are concatenated in order, so that a
+// workload of one file may list a policy of another (for example a file
+// that holds only policies).
+func ParseLocalConfigFiles(files ...LocalConfigFile) (*LocalConfig, error) {
+	out := &LocalConfig{}
+	var policies []ztunnel.Authorization
+	var bindings []ztunnel.Binding
+	for _, file := range files {
+		var f lcFile
+		if err := decodeLocalConfig(file.Data, &f); err != nil {
+			return nil, fileErr(file.Name, fmt.Errorf("%w: %w", ErrLocalConfig, err))
+		}
+		for i, w := range f.Workloads {
+			pw, err := w.convert(fmt.Sprintf("workloads[%d]", i))
+			if err != nil {
+				return nil, fileErr(file.Name, err)
+			}
+			out.Workloads = append(out.Workloads, pw)
+			bindings = append(bindings, ztunnel.Binding{Name: pw.UID, Namespace: pw.Namespace, Policies: w.AuthorizationPolicies})
+		}
+		for i, s := range f.Services {
+			ps, err := s.convert(fmt.Sprintf("services[%d]", i))
+			if err != nil {
+				return nil, fileErr(file.Name, err)
+			}
+			out.Services = append(out.Services, ps)
+		}
+		policies = append(policies, f.Policies...)
+	}
+	az, err := ztunnel.ToAuthz(policies, bindings)
+	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLocalConfig, err)
 	}
-	if len(f.Policies) > 0 {
-		return nil, fmt.Errorf("%w: policies: ztunnel's policy format is not supported; use Istio AuthorizationPolicy YAML", ErrLocalConfig)
-	}
-	out := &LocalConfig{}
-	for i, w := range f.Workloads {
-		where := fmt.Sprintf("workloads[%d]", i)
-		pw, err := w.convert(where)
-		if err != nil {
-			return nil, err
+	out.Policies, out.RootNamespace = az.Policies, az.RootNamespace
+	for i, l := range az.Labels {
+		if len(l) == 0 {
+			continue
 		}
-		out.Workloads = append(out.Workloads, pw)
-	}
-	for i, s := range f.Services {
-		where := fmt.Sprintf("services[%d]", i)
-		ps, err := s.convert(where)
-		if err != nil {
-			return nil, err
-		}
-		out.Services = append(out.Services, ps)
+		w := &out.Workloads[i]
+		labels := make(map[string]string, len(w.Labels)+len(l))
+		maps.Copy(labels, w.Labels)
+		maps.Copy(labels, l)
+		w.Labels = labels
 	}
 	return out, nil
+}
+
+// decodeLocalConfig decodes one YAML (or JSON) document strictly.
+func decodeLocalConfig(data []byte, f *lcFile) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file
+		}
+		return err
+	}
+	var more yaml.Node
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		return errors.New("a local config file holds one YAML document")
+	}
+	return nil
+}
+
+func fileErr(name string, err error) error {
+	if name == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 func lcErr(where, field, format string, args ...any) error {
@@ -141,7 +230,8 @@ func (w *lcWorkload) convert(where string) (Workload, error) {
 	pw := Workload{
 		UID: w.UID, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount,
 		TrustDomain: w.TrustDomain, Node: w.Node, Network: w.Network, Labels: w.Labels,
-		Capacity: w.Capacity,
+		Capacity: w.Capacity, WorkloadName: w.WorkloadName, CanonicalName: w.CanonicalName,
+		CanonicalRevision: w.CanonicalRevision, ClusterID: w.ClusterID,
 		Locality: Locality{Region: w.Locality.Region, Zone: w.Locality.Zone, Subzone: w.Locality.Subzone},
 	}
 	if pw.Name == "" {

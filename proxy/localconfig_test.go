@@ -9,6 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/meshblocks/meshblocks/authz"
+	"github.com/meshblocks/meshblocks/authz/istio"
 	"github.com/meshblocks/meshblocks/proxy"
 )
 
@@ -55,7 +57,15 @@ func TestParseLocalConfigErrors(t *testing.T) {
 		{"lb pref", "services: [{namespace: d, hostname: h, loadBalancing: {mode: STRICT, routingPreference: [ZONE, REGION]}}]", "routingPreference"},
 		{"waypoint", "services: [{namespace: d, hostname: h, waypoint: {destination: nowhere}}]", "services[0].waypoint"},
 		{"unknown field", "workloads: [{name: a, namespace: d, color: red}]", "color"},
-		{"ztunnel policies", "policies: [{name: p}]", "policies"},
+		{"policy field", "policies: [{name: p}]", "policies[0].namespace (line 1): required"},
+		{"policy scope", "policies: [{name: p, namespace: d, scope: Cluster, action: Allow, rules: [], dryRun: false}]", `policies[0].scope (line 1): "Cluster" is not Global`},
+		{"policy match", "policies: [{name: p, namespace: d, scope: Global, action: Deny, rules: [[[{principals: [sleep]}]]], dryRun: false}]",
+			"policies[0].rules[0][0][0].principals[0] (line 1): must be a tagged string match"},
+		{"unknown binding", "workloads: [{name: a, namespace: d, authorizationPolicies: [d/nope]}]", "workload //Pod/d/a: authorizationPolicies[0]: no policy d/nope"},
+		{"cross-namespace binding", "workloads: [{name: a, namespace: d, authorizationPolicies: [e/p]}]\npolicies: [{name: p, namespace: e, scope: Namespace, action: Allow, rules: [], dryRun: false}]",
+			"e/p is a Namespace policy of namespace e"},
+		{"two documents", "workloads: []\n---\nservices: []", "one YAML document"},
+		{"bad yaml", "workloads: [", "did not find expected"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,10 +77,92 @@ func TestParseLocalConfigErrors(t *testing.T) {
 	}
 }
 
+// TestParseLocalConfigPolicies reads ztunnel's policies and their
+// bindings and checks the decisions the authz engine then makes.
+func TestParseLocalConfigPolicies(t *testing.T) {
+	data, err := os.ReadFile("testdata/mesh-policies.yaml")
+	require.NoError(t, err)
+	cfg, err := proxy.ParseLocalConfig(data)
+	require.NoError(t, err)
+	assert.Equal(t, "istio-system", cfg.RootNamespace)
+	require.Len(t, cfg.Policies, 3)
+	eng, err := authz.New(authz.Config{RootNamespace: cfg.RootNamespace}, cfg.Policies)
+	require.NoError(t, err)
+	st, err := proxy.NewState(cfg.Workloads, cfg.Services, proxy.WithAuthz(eng))
+	require.NoError(t, err)
+	echo, ok := st.WorkloadByUID("c//Pod/default/echo")
+	require.True(t, ok)
+	assert.Equal(t, "echo", echo.Labels["app"], "the workload's own labels stay")
+	assert.Equal(t, "v1", echo.CanonicalRevision)
+	old, _ := st.WorkloadByUID("c//Pod/legacy/old")
+
+	tests := []struct {
+		name  string
+		w     *proxy.Workload
+		peer  string
+		src   string
+		port  uint16
+		allow bool
+	}{
+		{"sleep to 8080", echo, "cluster.local/ns/default/sa/sleep", "127.0.0.2", 8080, true},
+		{"sleep to 8081", echo, "cluster.local/ns/default/sa/sleep", "127.0.0.2", 8081, true},
+		{"sleep to 9090", echo, "cluster.local/ns/default/sa/sleep", "127.0.0.2", 9090, false},
+		{"curl to 8080", echo, "cluster.local/ns/default/sa/curl", "127.0.0.5", 8080, false},
+		{"waypoint to 8081", echo, "cluster.local/ns/default/sa/waypoint", "127.0.0.6", 8081, true},
+		{"allowed IP with mTLS", echo, "cluster.local/ns/other/sa/x", "127.77.0.9", 8080, true},
+		{"allowed IP in plaintext: STRICT", echo, "", "127.77.0.9", 8080, false},
+		{"legacy namespace policy", old, "", "127.0.0.2", 9999, false},
+		{"legacy other port", old, "", "127.0.0.2", 80, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := eng.Evaluate(&authz.Request{
+				Layer: authz.L4, Workload: authz.Workload{Namespace: tc.w.Namespace, Labels: tc.w.Labels},
+				Peer: tc.peer, SourceIP: netip.MustParseAddr(tc.src), DestPort: tc.port,
+			})
+			assert.Equal(t, tc.allow, d.Allowed, "%v", d)
+		})
+	}
+
+	// The same decisions as the Istio YAML the policies were written from.
+	pols, err := os.ReadFile("testdata/policies.yaml")
+	require.NoError(t, err)
+	ip, err := istio.Parse(pols, istio.Options{})
+	require.NoError(t, err)
+	direct, err := authz.New(authz.Config{}, ip)
+	require.NoError(t, err)
+	for _, tc := range tests[:6] {
+		d := direct.Evaluate(&authz.Request{Layer: authz.L4, Workload: authz.Workload{Namespace: "default", Labels: map[string]string{"app": "echo"}},
+			Peer: tc.peer, SourceIP: netip.MustParseAddr(tc.src), DestPort: tc.port})
+		assert.Equal(t, tc.allow, d.Allowed, "%s: Istio YAML: %v", tc.name, d)
+	}
+}
+
+func TestParseLocalConfigFiles(t *testing.T) {
+	mesh := []byte("workloads:\n- {name: echo, namespace: default, workloadIps: [127.0.0.3], authorizationPolicies: [default/p]}\n")
+	pols := []byte("policies:\n- {name: p, namespace: default, scope: WorkloadSelector, action: Deny, rules: [[]], dryRun: false}\n")
+	cfg, err := proxy.ParseLocalConfigFiles(proxy.LocalConfigFile{Name: "mesh.yaml", Data: mesh}, proxy.LocalConfigFile{Name: "p.yaml", Data: pols})
+	require.NoError(t, err)
+	require.Len(t, cfg.Policies, 1)
+	assert.Contains(t, cfg.Workloads[0].Labels, "ztunnel.authz.meshblocks.io/default/p")
+
+	_, err = proxy.ParseLocalConfigFiles(proxy.LocalConfigFile{Name: "mesh.yaml", Data: mesh}, proxy.LocalConfigFile{Name: "bad.yaml", Data: []byte("policies: [{name: x}]")})
+	require.Error(t, err)
+	assert.True(t, errors.Is(err, proxy.ErrLocalConfig))
+	assert.Contains(t, err.Error(), "bad.yaml: proxy: local config: ztunnel: policies[0].namespace (line 1): required")
+
+	// Without the policies file the binding dangles.
+	_, err = proxy.ParseLocalConfigFiles(proxy.LocalConfigFile{Name: "mesh.yaml", Data: mesh})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no policy default/p")
+}
+
 func FuzzParseLocalConfig(f *testing.F) {
-	data, err := os.ReadFile("testdata/localhost.yaml")
-	require.NoError(f, err)
-	f.Add(data)
+	for _, p := range []string{"testdata/localhost.yaml", "testdata/mesh-policies.yaml"} {
+		data, err := os.ReadFile(p)
+		require.NoError(f, err)
+		f.Add(data)
+	}
 	f.Add([]byte("workloads: [{name: a, namespace: d, workloadIps: ['::1'], waypoint: {destination: /10.0.0.1}}]"))
 	f.Add([]byte("services: [{namespace: d, hostname: h, ports: {'65536': 1}}]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -81,8 +173,12 @@ func FuzzParseLocalConfig(f *testing.F) {
 			}
 			return
 		}
-		// Whatever parses must either build a State or be rejected by it
-		// with an error, never panic.
+		// Whatever parses must give policies the engine accepts, and
+		// either build a State or be rejected by it with an error, never
+		// panic.
+		if _, err := authz.New(authz.Config{RootNamespace: cfg.RootNamespace}, cfg.Policies); err != nil {
+			t.Fatalf("parsed policies are invalid: %v", err)
+		}
 		proxy.NewState(cfg.Workloads, cfg.Services)
 	})
 }

@@ -79,6 +79,10 @@ type Workload struct {
 	Locality  Locality
 	// Capacity weighs the workload in balancing; zero means 1.
 	Capacity uint32
+	// WorkloadName (the owning Deployment, for example), CanonicalName,
+	// CanonicalRevision and ClusterID describe the workload in telemetry,
+	// as in istio.workload.Workload; they may be empty.
+	WorkloadName, CanonicalName, CanonicalRevision, ClusterID string
 }
 
 // Identity returns the workload's SPIFFE ID,

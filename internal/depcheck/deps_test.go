@@ -21,7 +21,7 @@ import (
 //	route, route/istio, route/gatewayapi            (istio.io/api)
 //	inpod                                           (x/sys)
 //	xds, xds/istio                                  (grpc, protobuf; authz, route)
-//	proxy                                           (identity, hbone, authz, route)
+//	proxy                                           (identity, hbone, authz, authz/ztunnel, route)
 var rules = map[string][]string{
 	"":                   nil, // the root package is documentation only
 	"internal/depcheck":  nil,
@@ -97,9 +97,9 @@ var rules = map[string][]string{
 	},
 
 	"proxy": {
-		"identity", "hbone", "authz", "route", "internal/netutil",
+		"identity", "hbone", "authz", "authz/ztunnel", "route", "internal/netutil",
 		"github.com/spiffe/go-spiffe/v2/spiffeid", "github.com/hashicorp/go-multierror",
-		"sigs.k8s.io/yaml",
+		"go.yaml.in/yaml/v3",
 	},
 }
 
