@@ -38,6 +38,18 @@ workloads:
   workloadIps: ["10.40.1.3"]
   protocol: HBONE
   node: node1
+  authorizationPolicies: [default/pod-b-from-sleep]
+policies:
+# Only sleep (pod A) may reach pod B, and only on 8080.
+- name: pod-b-from-sleep
+  namespace: default
+  scope: WorkloadSelector
+  action: Allow
+  rules:
+  - - - destinationPorts: [8080]
+    - - principals:
+        - !Exact cluster.local/ns/default/sa/sleep
+  dryRun: false
 `
 
 // TestInPod runs one ztunnel serving two pods in their own network
@@ -54,25 +66,35 @@ func TestInPod(t *testing.T) {
 	// sockets carry the mark and are let through.
 	a.Run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-m", "mark", "--mark", "0x539", "-j", "RETURN")
 	a.Run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "8080", "-j", "REDIRECT", "--to-ports", "15001")
+	a.Run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9090", "-j", "REDIRECT", "--to-ports", "15001")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	app, err := b.Netns.Listen(ctx, "tcp", "10.40.1.3:8080", inpod.SocketOptions{})
-	require.NoError(t, err)
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			io.Copy(c, c)
-			c.Close()
+	var apps []net.Listener
+	defer func() {
+		for _, l := range apps {
+			l.Close()
 		}
+		wg.Wait()
 	}()
-	defer func() { app.Close(); wg.Wait() }()
+	for _, addr := range []string{"10.40.1.3:8080", "10.40.1.3:9090"} {
+		app, err := b.Netns.Listen(ctx, "tcp", addr, inpod.SocketOptions{})
+		require.NoError(t, err)
+		apps = append(apps, app)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				c, err := app.Accept()
+				if err != nil {
+					return
+				}
+				io.Copy(c, c)
+				c.Close()
+			}
+		}()
+	}
 
 	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "mesh.yaml")
@@ -107,4 +129,17 @@ func TestInPod(t *testing.T) {
 	assert.Contains(t, logs.String(), `direction=outbound`)
 	assert.Contains(t, logs.String(), `dst.hbone_addr=10.40.1.3:8080`)
 	assert.Contains(t, logs.String(), `src.identity=spiffe://cluster.local/ns/default/sa/sleep`)
+
+	// Port 9090 is not allowed by pod B's policy: B's ztunnel refuses it,
+	// and A's app sees its connection reset (curl's exit 56).
+	c, err = a.Netns.Dial(ctx, "tcp", "10.40.1.3:9090", netip.Addr{}, inpod.SocketOptions{})
+	if err == nil {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "denied?")
+		_, err = io.ReadAll(c)
+		c.Close()
+	}
+	require.Error(t, err, "the denied connection must not carry data")
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "RBAC rejected") }, 5*time.Second, 10*time.Millisecond)
+	assert.Contains(t, logs.String(), "no ALLOW policy matched: default/pod-b-from-sleep")
 }

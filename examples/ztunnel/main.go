@@ -2,14 +2,20 @@
 // from meshblocks packages: package proxy carries the L4 data paths
 // (outbound 15001, inbound HBONE 15008, inbound plaintext 15006, SOCKS5
 // 15080), package identity issues certificates from a local CA, and the
-// state comes from a ztunnel LOCAL_XDS_PATH file plus a directory of Istio
-// AuthorizationPolicy and PeerAuthentication YAML.
+// state comes from a ztunnel LOCAL_XDS_PATH file: workloads, services and
+// ztunnel's own authorization policies (istio.security.Authorization, the
+// form istiod sends; `meshctl authz convert` writes them from Istio
+// AuthorizationPolicy and PeerAuthentication YAML). Like Istio's ztunnel,
+// it never parses Istio's CRDs itself, so the binary links neither Istio's
+// API types nor CEL.
 //
 // It also serves readiness on 15021 (/healthz/ready), Prometheus metrics
 // on 15020 (/metrics, /stats/prometheus) with Istio's metric names and
 // labels, and an admin endpoint on localhost:15000 (/config_dump).
 //
-// Two ztunnels can run side by side on loopback addresses:
+// Build it without cgo (CGO_ENABLED=0 go build ./ztunnel): it needs no C
+// resolver, and the static binary is smaller in memory. Two ztunnels can run
+// side by side on loopback addresses:
 //
 //	ztunnel -config mesh.yaml -ca-dir /tmp/ca -node n1 -ip 127.0.0.2
 //	ztunnel -config mesh.yaml -ca-dir /tmp/ca -node n2 -ip 127.0.0.3
@@ -76,8 +82,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.SetOutput(stderr)
 	var c Config
 	var ip, level string
-	fs.StringVar(&c.LocalConfig, "config", "", "ztunnel local config file (LOCAL_XDS_PATH format) with workloads and services")
-	fs.StringVar(&c.PolicyDir, "policies", "", "directory of Istio YAML (AuthorizationPolicy, PeerAuthentication)")
+	fs.StringVar(&c.LocalConfig, "config", "", "ztunnel local config file (LOCAL_XDS_PATH format): workloads, services, policies")
+	fs.StringVar(&c.Policies, "policies", "", "more files in that format, e.g. holding only policies: a file or a directory of *.yaml (write them from Istio YAML with meshctl authz convert)")
 	fs.StringVar(&c.CADir, "ca-dir", "", "CA directory (Istio cacerts layout); created with a new CA if missing; empty = in-memory CA")
 	fs.StringVar(&c.TrustDomain, "trust-domain", "cluster.local", "trust domain")
 	fs.StringVar(&c.Node, "node", "", "this node's name: inbound traffic is accepted for workloads on this node")

@@ -16,13 +16,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshblocks/meshblocks/authz"
-	authzistio "github.com/meshblocks/meshblocks/authz/istio"
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/inpod"
 	"github.com/meshblocks/meshblocks/proxy"
@@ -32,7 +29,10 @@ import (
 // listener (except the data paths, which are required).
 type Config struct {
 	LocalConfig string // ztunnel local config file; required
-	PolicyDir   string // Istio YAML directory; optional
+	// Policies is an optional file, or directory of *.yaml/*.yml files, in
+	// the same format (typically holding only a policies section), read
+	// together with LocalConfig.
+	Policies    string
 	CADir       string // CA directory; empty = in-memory CA
 	TrustDomain string // if empty, cluster.local
 	Node        string
@@ -47,7 +47,7 @@ type Config struct {
 	Redirected   bool // use SO_ORIGINAL_DST (iptables redirection)
 	BindSourceIP bool
 
-	// Reload, when it receives, re-reads LocalConfig and PolicyDir and
+	// Reload, when it receives, re-reads LocalConfig and Policies and
 	// swaps the state atomically (main sends on SIGHUP). A file that does
 	// not parse keeps the previous state.
 	Reload <-chan struct{}
@@ -68,53 +68,56 @@ func withIP(addr, ip string) string {
 }
 
 // loadState builds the proxy state from the local config file and the
-// policy directory.
+// policy files: workloads, services and ztunnel's own authorization
+// policies (istio.security.Authorization), which `meshctl authz convert`
+// writes from Istio YAML. PeerAuthentication arrives as those policies
+// too, as istiod sends it.
 func loadState(cfg *Config) (*proxy.State, error) {
-	data, err := os.ReadFile(cfg.LocalConfig)
-	if err != nil {
-		return nil, err
-	}
-	lc, err := proxy.ParseLocalConfig(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cfg.LocalConfig, err)
-	}
-	var pols []authz.Policy
-	var pas []authz.PeerAuthentication
-	if cfg.PolicyDir != "" {
-		files, err := filepath.Glob(filepath.Join(cfg.PolicyDir, "*.yaml"))
+	paths := []string{cfg.LocalConfig}
+	if cfg.Policies != "" {
+		more, err := policyFiles(cfg.Policies)
 		if err != nil {
 			return nil, err
 		}
-		more, _ := filepath.Glob(filepath.Join(cfg.PolicyDir, "*.yml"))
-		files = append(files, more...)
-		sort.Strings(files)
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				return nil, err
-			}
-			// Both parsers skip the other kinds; any error is fatal
-			// (fail closed rather than run without a policy).
-			p, err := authzistio.Parse(b, authzistio.Options{})
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", f, err)
-			}
-			pa, err := authzistio.ParsePeerAuthentications(b, authzistio.Options{})
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", f, err)
-			}
-			pols, pas = append(pols, p...), append(pas, pa...)
+		paths = append(paths, more...)
+	}
+	var files []proxy.LocalConfigFile
+	for _, p := range paths {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
 		}
+		files = append(files, proxy.LocalConfigFile{Name: p, Data: data})
 	}
-	engine, err := authz.New(authz.Config{}, pols)
+	lc, err := proxy.ParseLocalConfigFiles(files...)
 	if err != nil {
 		return nil, err
 	}
-	peerAuthn, err := authz.NewPeerAuthn(authz.PeerAuthnConfig{}, pas)
+	engine, err := authz.New(authz.Config{RootNamespace: lc.RootNamespace}, lc.Policies)
+	if err != nil {
+		return nil, err // ParseLocalConfigFiles only returns valid policies
+	}
+	return proxy.NewState(lc.Workloads, lc.Services, proxy.WithAuthz(engine))
+}
+
+// policyFiles returns path itself, or the *.yaml and *.yml files of the
+// directory path, sorted.
+func policyFiles(path string) ([]string, error) {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	return proxy.NewState(lc.Workloads, lc.Services, proxy.WithAuthz(engine), proxy.WithPeerAuthn(peerAuthn))
+	if !fi.IsDir() {
+		return []string{path}, nil
+	}
+	files, err := filepath.Glob(filepath.Join(path, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	more, _ := filepath.Glob(filepath.Join(path, "*.yml"))
+	files = append(files, more...)
+	sort.Strings(files)
+	return files, nil
 }
 
 func loadCA(cfg *Config) (*identity.CA, error) {
@@ -182,8 +185,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	m := newMetrics(reg)
+	m := newMetrics(holder)
 	pcfg := proxy.Config{
 		State:        holder,
 		Identity:     func(id spiffeid.ID) identity.Source { return ids.Source(id) },
@@ -279,12 +281,11 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		return mx
 	}
-	prom := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	servers := []struct {
 		name, addr string
 		h          http.Handler
 	}{
-		{"metrics", cfg.Metrics, mux(map[string]http.Handler{"/metrics": prom, "/stats/prometheus": prom})},
+		{"metrics", cfg.Metrics, mux(map[string]http.Handler{"/metrics": m, "/stats/prometheus": m})},
 		{"readiness", cfg.Readiness, mux(map[string]http.Handler{"/healthz/ready": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			if !ready.Load() {
 				http.Error(w, "not ready", http.StatusServiceUnavailable)

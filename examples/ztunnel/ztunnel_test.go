@@ -20,6 +20,9 @@ import (
 	"github.com/stretchr/testify/require"
 	xproxy "golang.org/x/net/proxy"
 
+	"github.com/meshblocks/meshblocks/authz"
+	"github.com/meshblocks/meshblocks/authz/istio"
+	"github.com/meshblocks/meshblocks/authz/ztunnel"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
 )
 
@@ -32,6 +35,9 @@ workloads:
   workloadIps: ["127.78.0.2"]
   protocol: HBONE
   node: n1
+  workloadName: sleep
+  canonicalName: sleep
+  canonicalRevision: v1
 - uid: c//Pod/default/echo
   name: echo
   namespace: default
@@ -39,7 +45,9 @@ workloads:
   workloadIps: ["127.78.0.3"]
   protocol: HBONE
   node: n2
+  workloadName: echo
   labels: {app: echo}
+  authorizationPolicies: [default/echo]
   services:
     "default/echo.default.svc.cluster.local":
       80: 8080
@@ -52,6 +60,8 @@ services:
     80: 8080
 `
 
+// policyYAML is the Istio form of the policy; the ztunnels read what
+// ztunnelPolicies converts it to.
 const policyYAML = `
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -78,13 +88,28 @@ type syncBuf struct {
 func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
 func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
+// ztunnelPolicies converts Istio YAML to ztunnel's format, as meshctl authz
+// convert does, and checks that the echo workload must list exactly what
+// meshYAML lists for it.
+func ztunnelPolicies(t testing.TB, istioYAML string) []byte {
+	pols, err := istio.Parse([]byte(istioYAML), istio.Options{})
+	require.NoError(t, err)
+	out, err := ztunnel.Convert(ztunnel.Config{}, ztunnel.Input{Policies: pols,
+		Workloads: []authz.Workload{{Namespace: "default", Labels: map[string]string{"app": "echo"}}}})
+	require.NoError(t, err)
+	require.Equal(t, []string{"default/echo"}, out.Bindings[0])
+	data, err := ztunnel.Marshal(out.Policies)
+	require.NoError(t, err)
+	return data
+}
+
 func writeFiles(t testing.TB) (cfgPath, polDir, caDir string) {
 	dir := t.TempDir()
 	cfgPath = filepath.Join(dir, "mesh.yaml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte(meshYAML), 0o600))
 	polDir = filepath.Join(dir, "policies")
 	require.NoError(t, os.Mkdir(polDir, 0o700))
-	require.NoError(t, os.WriteFile(filepath.Join(polDir, "echo.yaml"), []byte(policyYAML), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(polDir, "echo.yaml"), ztunnelPolicies(t, policyYAML), 0o600))
 	return cfgPath, polDir, filepath.Join(dir, "ca")
 }
 
@@ -185,15 +210,44 @@ func TestTwoZtunnelsOnLoopback(t *testing.T) {
 	_, err = d.Dial("tcp", "127.78.0.3:9090")
 	require.Error(t, err)
 
-	var m1, m2 string
-	require.Eventually(t, func() bool {
-		m1 = get(t, "http://127.78.0.2:15020/metrics")
-		m2 = get(t, "http://127.78.0.3:15020/stats/prometheus")
-		return strings.Contains(m1, "istio_tcp_connections_closed_total") && strings.Contains(m2, "istio_tcp_connections_closed_total")
-	}, 5*time.Second, 20*time.Millisecond)
-	assert.Contains(t, m1, `istio_tcp_connections_opened_total{connection_security_policy="mutual_tls",destination_principal="spiffe://cluster.local/ns/default/sa/echo",destination_service="echo.default.svc.cluster.local",destination_workload="echo",destination_workload_namespace="default",reporter="source",request_protocol="tcp",source_principal="spiffe://cluster.local/ns/default/sa/sleep",source_workload="sleep",source_workload_namespace="default"} 1`)
-	assert.Contains(t, m1, `istio_tcp_received_bytes_total{`)
-	assert.Contains(t, m2, `reporter="destination"`)
+	// Both ztunnels count the connection once it has closed.
+	closedBy := func(url, reporter string) map[string]*family {
+		var fams map[string]*family
+		require.Eventually(t, func() bool {
+			var err error
+			fams, err = parseExposition(get(t, url))
+			require.NoError(t, err)
+			_, n := fams["istio_tcp_connections_closed_total"].find(map[string]string{"reporter": reporter})
+			return n == 1
+		}, 5*time.Second, 20*time.Millisecond)
+		return fams
+	}
+	f1 := closedBy("http://127.78.0.2:15020/metrics", "source")
+	f2 := closedBy("http://127.78.0.3:15020/stats/prometheus", "destination")
+	conn := map[string]string{
+		"source_workload": "sleep", "source_canonical_service": "sleep", "source_canonical_revision": "v1",
+		"source_workload_namespace": "default", "source_principal": "spiffe://cluster.local/ns/default/sa/sleep",
+		"destination_workload": "echo", "destination_workload_namespace": "default",
+		"destination_principal": "spiffe://cluster.local/ns/default/sa/echo",
+		"destination_service":   "echo.default.svc.cluster.local", "destination_service_name": "echo",
+		"destination_service_namespace": "default", "destination_canonical_service": "unknown",
+		"request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "mutual_tls",
+	}
+	conn["reporter"] = "source"
+	for name, want := range map[string]float64{"istio_tcp_connections_opened_total": 1, "istio_tcp_connections_closed_total": 1,
+		"istio_tcp_sent_bytes_total": 5, "istio_tcp_received_bytes_total": 5} {
+		v, n := f1[name].find(conn)
+		assert.Equal(t, 1, n, "%s at the source", name)
+		assert.Equal(t, want, v, "%s at the source", name)
+	}
+	// The destination knows the peer by its certificate.
+	conn["reporter"] = "destination"
+	for _, k := range []string{"source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace"} {
+		delete(conn, k)
+	}
+	v, n := f2["istio_tcp_connections_opened_total"].find(conn)
+	assert.Equal(t, 1, n)
+	assert.Equal(t, float64(1), v)
 	assert.Contains(t, logs2.String(), "RBAC rejected")
 	assert.Contains(t, logs1.String(), "connection complete")
 
@@ -205,7 +259,7 @@ func TestTwoZtunnelsOnLoopback(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal([]byte(get(t, "http://127.78.0.2:15000/config_dump")), &dump))
 	assert.Len(t, dump.Workloads, 2)
-	assert.Len(t, dump.Policies, 1)
+	assert.Len(t, dump.Policies, 1, "the converted echo policy")
 	require.Len(t, dump.Certificates, 1)
 	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/sleep", dump.Certificates[0]["identity"])
 }
@@ -249,6 +303,23 @@ func TestReload(t *testing.T) {
 	reload <- struct{}{}
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "reload failed") }, 5*time.Second, 10*time.Millisecond)
 	assert.Equal(t, 3, count())
+}
+
+// TestBadPolicy: a policy file that does not parse stops the ztunnel
+// (fail closed) with the file and field named; so does Istio YAML, which
+// the ztunnel does not read.
+func TestBadPolicy(t *testing.T) {
+	cfgPath, polDir, _ := writeFiles(t)
+	bad := filepath.Join(polDir, "zz.yaml")
+	require.NoError(t, os.WriteFile(bad, []byte("policies: [{name: p, namespace: default, scope: Global, action: Deny, rules: [[[{notPrincipals: [x]}]]], dryRun: false}]"), 0o600))
+	var stderr bytes.Buffer
+	assert.Equal(t, 1, run(context.Background(), []string{"-config", cfgPath, "-policies", polDir, "-ip", "127.78.0.9"}, &stderr))
+	assert.Contains(t, stderr.String(), "zz.yaml: proxy: local config: ztunnel: policies[0].rules[0][0][0].notPrincipals[0] (line 1): must be a tagged string match")
+
+	require.NoError(t, os.WriteFile(bad, []byte(policyYAML), 0o600))
+	stderr.Reset()
+	assert.Equal(t, 1, run(context.Background(), []string{"-config", cfgPath, "-policies", bad, "-ip", "127.78.0.9"}, &stderr))
+	assert.Contains(t, stderr.String(), "zz.yaml: proxy: local config: yaml: unmarshal errors")
 }
 
 func TestBadConfig(t *testing.T) {
