@@ -22,7 +22,7 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"authz": authzCommand(),
+		"authz": withConvert(authzCommand()),
 		"cert":  certCommand(),
 		"route": routeCommand(),
 	}
