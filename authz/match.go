@@ -25,10 +25,12 @@ func compileStr(v string) strPat {
 	switch {
 	case v == "*":
 		return strPat{kind: patPresence}
+	case strings.HasPrefix(v, "*"):
+		// Checked before the prefix form, as istiod does: "*x*" is the
+		// suffix "x*", not the prefix "*x".
+		return strPat{kind: patSuffix, s: v[1:]}
 	case strings.HasSuffix(v, "*"):
 		return strPat{kind: patPrefix, s: v[:len(v)-1]}
-	case strings.HasPrefix(v, "*"):
-		return strPat{kind: patSuffix, s: v[1:]}
 	}
 	return strPat{kind: patExact, s: v}
 }
