@@ -533,13 +533,23 @@ func (c *conn) protoError(code http2.ErrCode, format string, args ...any) {
 	last := c.lastPeerID
 	c.mu.Unlock()
 	c.queue(func(fr *http2.Framer) { fr.WriteGoAway(last, code, []byte(pe.Reason)) })
-	if c.wmu.TryLock() {
-		c.drainCtrlLocked()
-		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		c.flushLocked()
-		c.wmu.Unlock()
-	}
+	c.flushFinal()
 	c.closeWithError(pe)
+}
+
+// flushFinal writes the queued control frames (a GOAWAY) before the
+// connection is torn down. The write deadline, set before taking the
+// write lock, also ends a write in progress that a stalled peer holds up,
+// so this waits at most about a second.
+func (c *conn) flushFinal() {
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	c.wmu.Lock()
+	c.drainCtrlLocked()
+	if len(c.wbuf) > 0 && !c.isClosed() {
+		c.nc.Write(c.wbuf)
+	}
+	c.wbuf = c.wbuf[:0]
+	c.wmu.Unlock()
 }
 
 // readFrame reads and handles one frame. It returns errInterrupted when
