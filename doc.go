@@ -6,19 +6,28 @@
 // packages you need on their own:
 //
 //	identity    SPIFFE IDs, SVIDs and bundles, a local CA, a per-identity
-//	            certificate manager with rotation, mutual-TLS configs.
+//	            certificate manager with rotation, mutual-TLS configs
+//	            (identity/spire: a Workload API source; identity/identitytest:
+//	            an in-memory CA for tests).
 //	hbone       HTTP/2 CONNECT tunnels over mutual TLS on port 15008,
 //	            wire-compatible with Istio's ztunnel.
 //	authz       Istio AuthorizationPolicy evaluation with ztunnel (L4) and
-//	            waypoint (L7) semantics, plus CEL conditions.
+//	            waypoint (L7) semantics (authz/cel: CEL conditions;
+//	            authz/istio: the CRD adapter; authz/ztunnel: ztunnel's own
+//	            policy format; authz/authztest: offline policy suites).
 //	route       weighted subset routing (VirtualService + DestinationRule,
-//	            Gateway API routes) and endpoint load balancing.
-//	proxy       the data paths: outbound, inbound HBONE, inbound plaintext,
-//	            SOCKS5 and the L7 waypoint handler.
-//	inpod       pod traffic redirection: network namespaces, iptables and
-//	            nftables rules, the ZDS protocol.
-//	xds         configuration distribution over delta xDS with
-//	            Istio-compatible workload resources.
+//	            Gateway API routes) and endpoint load balancing
+//	            (route/istio, route/gatewayapi, route/routetest).
+//	proxy       the node proxy's data paths: outbound, inbound HBONE,
+//	            inbound plaintext and SOCKS5, with access logs and metric
+//	            hooks.
+//	inpod       network-namespace handles, sockets inside a pod's
+//	            namespace, packet marks and original destinations.
+//
+// Planned and not built yet: xds (configuration over delta xDS with
+// Istio-compatible workload resources), the in-pod iptables/nftables rule
+// writer and the ZDS protocol in inpod, and the L7 waypoint handler in
+// proxy.
 //
 // Lower layers never import higher ones; internal/depcheck enforces the
 // table:
