@@ -467,25 +467,8 @@ func (c *conv) rule(f, ns string, filters []HTTPRouteFilter, backends []HTTPBack
 	var total int64
 	for i, b := range backends {
 		bf := fmt.Sprintf("%s.backendRefs[%d]", f, i)
-		w := ptrOr(b.Weight, 1)
-		if w < 0 || w > 1000000 {
-			c.bad(bf+".weight", "must be in 0..1000000")
-		}
-		total += int64(w)
-		rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
-		if host, ok := c.svcHost(b.BackendObjectReference, ns); ok {
-			rb.Host = host
-			switch {
-			case b.Port == nil:
-				c.bad(bf+".port", "required when referring to a Service")
-			case *b.Port < 1 || *b.Port > 65535:
-				c.bad(bf+".port", "must be in 1..65535, got %d", *b.Port)
-			default:
-				rb.Port = int(*b.Port)
-			}
-		} else {
-			rb.Invalid = true
-		}
+		rb := c.backend(b.BackendRef, bf, ns)
+		total += int64(rb.Weight)
 		for j, ft := range b.Filters {
 			ff := fmt.Sprintf("%s.filters[%d]", bf, j)
 			switch ft.Type {
@@ -744,26 +727,7 @@ func (c *conv) l4Route(kind string, meta ObjectMeta, spec L4RouteSpec, tls bool)
 		f := fmt.Sprintf("spec.rules[%d]", j)
 		lr := route.L4Route{Field: f}
 		for k, b := range r.BackendRefs {
-			bf := fmt.Sprintf("%s.backendRefs[%d]", f, k)
-			w := ptrOr(b.Weight, 1)
-			if w < 0 || w > 1000000 {
-				c.bad(bf+".weight", "must be in 0..1000000")
-			}
-			rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
-			if h, ok := c.svcHost(b.BackendObjectReference, ns); ok {
-				rb.Host = h
-				switch {
-				case b.Port == nil:
-					c.bad(bf+".port", "required when referring to a Service")
-				case *b.Port < 1 || *b.Port > 65535:
-					c.bad(bf+".port", "must be in 1..65535, got %d", *b.Port)
-				default:
-					rb.Port = int(*b.Port)
-				}
-			} else {
-				rb.Invalid = true
-			}
-			lr.Backends = append(lr.Backends, rb)
+			lr.Backends = append(lr.Backends, c.backend(b, fmt.Sprintf("%s.backendRefs[%d]", f, k), ns))
 		}
 		if len(lr.Backends) == 0 {
 			lr.Reject = true
@@ -806,4 +770,30 @@ func (c *conv) l4Route(kind string, meta ObjectMeta, spec L4RouteSpec, tls bool)
 		out = append(out, rc)
 	}
 	return out
+}
+
+// backend converts one weighted backendRef at field path bf: the weight
+// (default 1, 0..1000000) and, for a Service in this mesh, its host and
+// port; any other reference is an invalid backend.
+func (c *conv) backend(b BackendRef, bf, ns string) route.Backend {
+	w := ptrOr(b.Weight, 1)
+	if w < 0 || w > 1000000 {
+		c.bad(bf+".weight", "must be in 0..1000000")
+	}
+	rb := route.Backend{Name: b.Name, Weight: uint32(max(w, 0))}
+	host, ok := c.svcHost(b.BackendObjectReference, ns)
+	if !ok {
+		rb.Invalid = true
+		return rb
+	}
+	rb.Host = host
+	switch {
+	case b.Port == nil:
+		c.bad(bf+".port", "required when referring to a Service")
+	case *b.Port < 1 || *b.Port > 65535:
+		c.bad(bf+".port", "must be in 1..65535, got %d", *b.Port)
+	default:
+		rb.Port = int(*b.Port)
+	}
+	return rb
 }
