@@ -66,7 +66,8 @@ func (n *Namespace) Run(args ...string) string {
 
 // Link connects n and peer with a veth pair, giving n the address addrN and
 // peer addrPeer (both CIDRs, e.g. "10.9.0.1/24"), and brings both ends up.
-func (n *Namespace) Link(peer *Namespace, addrN, addrPeer string) {
+// It returns the names of the two ends, in n and in peer.
+func (n *Namespace) Link(peer *Namespace, addrN, addrPeer string) (ifN, ifPeer string) {
 	n.t.Helper()
 	a := fmt.Sprintf("v%d", seq.Add(1))
 	b := fmt.Sprintf("v%d", seq.Add(1))
@@ -75,6 +76,7 @@ func (n *Namespace) Link(peer *Namespace, addrN, addrPeer string) {
 	n.Run("ip", "link", "set", a, "up")
 	peer.Run("ip", "addr", "add", addrPeer, "dev", b)
 	peer.Run("ip", "link", "set", b, "up")
+	return a, b
 }
 
 func run(t testing.TB, args ...string) string {
