@@ -113,3 +113,37 @@ func ExampleDefaultReservedPorts() {
 	// [15000 15001 15006 15008 15020 15021 15080]
 	// 8
 }
+
+// A component that follows the State (a cache, a config dump writer) takes
+// the channel before it reads, so that no Store goes unnoticed.
+func ExampleStateHolder_Changed() {
+	holder := &proxy.StateHolder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan int)
+	go func() {
+		defer close(seen)
+		for {
+			changed := holder.Changed()
+			seen <- len(holder.Load().Workloads())
+			select {
+			case <-changed:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	fmt.Println(<-seen)
+	st, err := proxy.NewState([]proxy.Workload{{UID: "a", Namespace: "default", ServiceAccount: "default"}}, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	holder.Store(st)
+	fmt.Println(<-seen)
+	cancel()
+	<-seen
+	// Output:
+	// 0
+	// 1
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/hashicorp/go-multierror"
@@ -368,6 +369,10 @@ func (s *State) endpointsOf(svc *Service, port uint16) []Endpoint {
 // state. Readers never block writers or each other.
 type StateHolder struct {
 	p atomic.Pointer[State]
+
+	mu sync.Mutex
+	// changed is closed (and cleared) by Store; Changed makes it.
+	changed chan struct{}
 }
 
 var emptyState = &State{}
@@ -380,5 +385,27 @@ func (h *StateHolder) Load() *State {
 	return emptyState
 }
 
-// Store replaces the current state.
-func (h *StateHolder) Store(s *State) { h.p.Store(s) }
+// Store replaces the current state and wakes every waiter on Changed.
+// A [Proxy] re-authorizes its open inbound connections against the new
+// state (see Config.DisablePolicyRecheck).
+func (h *StateHolder) Store(s *State) {
+	h.p.Store(s)
+	h.mu.Lock()
+	if h.changed != nil {
+		close(h.changed)
+		h.changed = nil
+	}
+	h.mu.Unlock()
+}
+
+// Changed returns a channel that is closed by the next Store. To miss no
+// change, call Changed before Load: a Store that lands after the Load
+// closes the channel, and one that landed before it is what Load returns.
+func (h *StateHolder) Changed() <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.changed == nil {
+		h.changed = make(chan struct{})
+	}
+	return h.changed
+}

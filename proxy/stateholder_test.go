@@ -137,3 +137,27 @@ swapping:
 	// The connection opened under s2 still works under s1.
 	require.NoError(t, ping())
 }
+
+// TestStateHolderChanged: Changed is closed by the next Store, not an
+// earlier one, and a fresh channel waits for the one after.
+func TestStateHolderChanged(t *testing.T) {
+	var h proxy.StateHolder
+	c1 := h.Changed()
+	assert.Equal(t, c1, h.Changed(), "one channel per generation")
+	select {
+	case <-c1:
+		t.Fatal("closed before any Store")
+	default:
+	}
+	s := &proxy.State{}
+	h.Store(s)
+	_, open := <-c1
+	assert.False(t, open)
+	assert.Same(t, s, h.Load())
+	c2 := h.Changed()
+	select {
+	case <-c2:
+		t.Fatal("a Store before Changed closed the new channel")
+	default:
+	}
+}
