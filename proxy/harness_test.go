@@ -146,10 +146,12 @@ type mesh struct {
 	state   *proxy.StateHolder
 	mu      sync.Mutex
 	origDst map[netip.AddrPort]netip.AddrPort // listener address -> original destination
-	metrics *hookCounter
-	serving []chan error
-	dials   *dialLog // node B's workload dials, with meshOptions.recordDials
-	stopped sync.Once
+	metrics *hookCounter                      // node A's hooks
+	// metricsB counts node B's hooks.
+	metricsB *hookCounter
+	serving  []chan error
+	dials    *dialLog // node B's workload dials, with meshOptions.recordDials
+	stopped  sync.Once
 }
 
 // dialLog records the workload connections node B opens.
@@ -202,6 +204,8 @@ type meshOptions struct {
 	recordDials bool
 	// reservedPorts is node B's Config.ReservedPorts.
 	reservedPorts []uint16
+	// noRecheck sets Config.DisablePolicyRecheck on both nodes.
+	noRecheck bool
 }
 
 func newMesh(t testing.TB, opt meshOptions) *mesh {
@@ -234,17 +238,18 @@ func newMesh(t testing.TB, opt meshOptions) *mesh {
 	require.NoError(t, err)
 	m := &mesh{t: t, ca: ca, ids: ids, logA: &logBuffer{}, logB: &logBuffer{},
 		state: &proxy.StateHolder{}, origDst: map[netip.AddrPort]netip.AddrPort{}, metrics: &hookCounter{},
-		dials: &dialLog{}}
+		metricsB: &hookCounter{}, dials: &dialLog{}}
 	m.state.Store(st)
 
 	mk := func(node string, lb *logBuffer, hooks proxy.Hooks) *proxy.Proxy {
 		cfg := proxy.Config{
-			State:        m.state,
-			Identity:     func(id spiffeid.ID) identity.Source { return ids.Source(id) },
-			Node:         node,
-			OriginalDst:  m.originalDst,
-			BindSourceIP: true,
-			IdleTimeout:  opt.idleTimeout,
+			State:                m.state,
+			Identity:             func(id spiffeid.ID) identity.Source { return ids.Source(id) },
+			Node:                 node,
+			OriginalDst:          m.originalDst,
+			BindSourceIP:         true,
+			IdleTimeout:          opt.idleTimeout,
+			DisablePolicyRecheck: opt.noRecheck,
 			// Debug too: the HBONE server's handshake failures.
 			Logger: slog.New(slog.NewJSONHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Hooks:  hooks,
@@ -266,7 +271,7 @@ func newMesh(t testing.TB, opt meshOptions) *mesh {
 		return p
 	}
 	m.a = mk("n1", m.logA, m.metrics.hooks())
-	m.b = mk("n2", m.logB, proxy.Hooks{})
+	m.b = mk("n2", m.logB, m.metricsB.hooks())
 	for _, ip := range []netip.Addr{ipEcho, ipGhost} {
 		ln := listen(t, netip.AddrPortFrom(ip, proxy.DefaultHBONEPort))
 		m.serve(func() error { return m.b.ServeInboundHBONE(ln) })

@@ -42,6 +42,12 @@ var (
 	// ErrIdleTimeout: a relayed connection was closed because no byte
 	// moved for Config.IdleTimeout (ConnInfo.Err; logged at Info).
 	ErrIdleTimeout = errors.New("proxy: connection idle timeout")
+	// ErrPolicyChanged: an open inbound connection was closed because the
+	// State that replaced the one it was authorized with no longer allows
+	// it (ConnInfo.Err, wrapping ErrDenied, ErrPlaintextRejected or
+	// ErrUnknownDestination with the reason; see
+	// Config.DisablePolicyRecheck).
+	ErrPolicyChanged = errors.New("proxy: connection closed due to policy change")
 	// ErrProxyClosed is returned by Serve methods after Shutdown or Close.
 	ErrProxyClosed = errors.New("proxy: closed")
 )
@@ -105,10 +111,27 @@ type Config struct {
 	// Keepalive configures TCP keepalive on accepted and dialled sockets.
 	// If zero, ztunnel's 180 s idle, 180 s interval, 9 probes.
 	Keepalive net.KeepAliveConfig
+	// DisablePolicyRecheck keeps open inbound connections when the State
+	// changes. By default (false), as ztunnel does, every Store to the
+	// StateHolder re-runs the inbound decision for each open inbound
+	// connection (HBONE and plaintext) with the new State: the
+	// destination must still be the same workload of this node,
+	// PeerAuthentication (or PlaintextAllowed) must still accept a
+	// plaintext one, and the L4 policies must still allow its peer,
+	// source address and port. A connection now refused has both ends of
+	// its relay closed (the client sees its tunnel or socket end), an
+	// Info line "connection no longer allowed after a state update;
+	// closing it", and its access-log line and Closed hook carry
+	// ErrPolicyChanged. The re-check runs on one goroutine per Proxy (only
+	// while inbound connections are open), never on the data path.
+	// Outbound connections are not re-checked: the destination's proxy
+	// decides, and its close reaches the client through the tunnel.
+	DisablePolicyRecheck bool
 	// Logger receives the access log ("connection complete" per
-	// connection) and "RBAC rejected" lines, and at Debug the HBONE
-	// server's per-connection events (such as failed TLS handshakes). If
-	// nil, discard.
+	// connection), "RBAC rejected" lines and the lines of connections
+	// closed after a State change, and at Debug the HBONE server's
+	// per-connection events (such as failed TLS handshakes) and a summary
+	// of each re-check. If nil, discard.
 	Logger *slog.Logger
 	// Hooks are called for metrics. Nil funcs are skipped.
 	Hooks Hooks
@@ -195,6 +218,9 @@ type Proxy struct {
 	nrelays   int
 	relayDone sync.Cond // on mu; signalled when nrelays drops to 0
 	forced    bool      // Shutdown's grace period ended: close relays at once
+
+	// live holds the open inbound connections re-checked on State swaps.
+	live liveSet
 }
 
 // New checks cfg and returns a Proxy.
@@ -479,7 +505,7 @@ func (p *Proxy) outbound(c net.Conn, srcUID string, dst netip.AddrPort, reply fu
 		return
 	}
 	p.opened(info)
-	info.Sent, info.Received, info.Err = p.relay(c, up)
+	info.Sent, info.Received, info.Err = p.relay(c, up, nil)
 	p.complete(info)
 }
 
@@ -621,7 +647,7 @@ func (p *Proxy) serveHBONE(r *hbone.Request) {
 	}
 	p.opened(info)
 	// Received counts bytes from the destination: upstream -> tunnel.
-	info.Sent, info.Received, info.Err = p.relay(tun, up)
+	info.Sent, info.Received, info.Err = p.relay(tun, up, p.newLiveConn(st, info))
 	p.complete(info)
 }
 
@@ -736,18 +762,7 @@ func (p *Proxy) authorize(st *State, dst *Workload, info *ConnInfo, principal st
 	if e == nil {
 		return nil
 	}
-	req := authz.Request{
-		Layer: authz.L4,
-		Workload: authz.Workload{
-			Namespace:      dst.Namespace,
-			Labels:         dst.Labels,
-			ServiceAccount: dst.ServiceAccount,
-		},
-		Peer:     principal,
-		SourceIP: info.SrcAddr.Addr(),
-		DestIP:   target.Addr(),
-		DestPort: target.Port(),
-	}
+	req := l4Request(dst, principal, info.SrcAddr.Addr(), target)
 	d := e.Evaluate(&req)
 	if d.Allowed {
 		return nil
@@ -762,6 +777,23 @@ func (p *Proxy) authorize(st *State, dst *Workload, info *ConnInfo, principal st
 	}
 	p.log.Info("RBAC rejected", "conn", who+"->"+target.String(), "policy", policy, "reason", d.String())
 	return fmt.Errorf("%w: %s", ErrDenied, d)
+}
+
+// l4Request is the L4 authorization request of a connection from src
+// (principal is empty for plaintext) to target on workload dst.
+func l4Request(dst *Workload, principal string, src netip.Addr, target netip.AddrPort) authz.Request {
+	return authz.Request{
+		Layer: authz.L4,
+		Workload: authz.Workload{
+			Namespace:      dst.Namespace,
+			Labels:         dst.Labels,
+			ServiceAccount: dst.ServiceAccount,
+		},
+		Peer:     principal,
+		SourceIP: src,
+		DestIP:   target.Addr(),
+		DestPort: target.Port(),
+	}
 }
 
 // ServeInboundPlaintext accepts redirected plaintext connections to local
@@ -809,7 +841,7 @@ func (p *Proxy) inboundPlaintext(c net.Conn) {
 		return
 	}
 	p.opened(info)
-	info.Received, info.Sent, info.Err = p.relay(up, c)
+	info.Received, info.Sent, info.Err = p.relay(up, c, p.newLiveConn(st, info))
 	p.complete(info)
 }
 
@@ -911,6 +943,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.closeConns()
 		<-done
 	}
+	// No relay is left, so the re-check watcher is on its way out.
+	p.live.wait()
 	p.dialer.Close()
 	p.dialersMu.Lock()
 	for _, d := range p.dialers {
