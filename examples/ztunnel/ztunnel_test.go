@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -332,4 +333,74 @@ func TestBadConfig(t *testing.T) {
 	assert.Contains(t, stderr.String(), "workloads[0].workloadIps[0]")
 	assert.Equal(t, 2, run(context.Background(), []string{"-nope"}, io.Discard))
 	_ = fmt.Sprint
+}
+
+// TestReloadClosesDeniedConnection: a reload whose policy no longer
+// allows an open connection closes it at the destination ztunnel, which
+// says why in its log; the client reads the end of the connection.
+func TestReloadClosesDeniedConnection(t *testing.T) {
+	leakcheck.Check(t)
+	defer http.DefaultClient.CloseIdleConnections()
+	cfgPath, polDir, caDir := writeFiles(t)
+	ln, err := net.Listen("tcp", "127.78.0.3:8080")
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); io.Copy(c, c); c.Close() }()
+		}
+	}()
+	defer func() { ln.Close(); wg.Wait() }()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs1, logs2 syncBuf
+	common := []string{"-config", cfgPath, "-policies", polDir, "-ca-dir", caDir}
+	d1 := startZtunnel(t, ctx, append([]string{"-node", "n1", "-ip", "127.78.0.2", "-socks5-source", "c//Pod/default/sleep"}, common...), &logs1)
+	cfg2, err := parseFlags(append([]string{"-node", "n2", "-ip", "127.78.0.3"}, common...), io.Discard)
+	require.NoError(t, err)
+	reload := make(chan struct{})
+	cfg2.Reload = reload
+	cfg2.Logger = slog.New(slog.NewTextHandler(&logs2, nil))
+	d2 := make(chan error, 1)
+	go func() { d2 <- Run(ctx, cfg2) }()
+	defer func() {
+		cancel()
+		assert.Equal(t, 0, <-d1)
+		assert.NoError(t, <-d2)
+	}()
+	waitReady(t, "http://127.78.0.2:15021/healthz/ready")
+	waitReady(t, "http://127.78.0.3:15021/healthz/ready")
+
+	d, err := xproxy.SOCKS5("tcp", "127.78.0.2:15080", nil, &net.Dialer{Timeout: 5 * time.Second})
+	require.NoError(t, err)
+	c, err := d.Dial("tcp", "127.78.10.1:80")
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "ping")
+	require.NoError(t, err)
+	b := make([]byte, 4)
+	_, err = io.ReadFull(c, b)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(b))
+
+	// The same policy, for another caller: sleep is no longer allowed.
+	other := strings.Replace(policyYAML, "sa/sleep", "sa/other", 1)
+	require.NoError(t, os.WriteFile(filepath.Join(polDir, "echo.yaml"), ztunnelPolicies(t, other), 0o600))
+	reload <- struct{}{}
+	n, err := c.Read(b)
+	assert.Zero(t, n)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the connection was left open; logs: %s", &logs2)
+	require.Eventually(t, func() bool {
+		return strings.Contains(logs2.String(), "connection closed due to policy change")
+	}, 5*time.Second, 10*time.Millisecond, "logs: %s", &logs2)
+	assert.Contains(t, logs2.String(), "connection no longer allowed after a state update")
 }
