@@ -37,7 +37,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	pods    map[string]*podEntry
-	conns   []*agentConn // oldest first
+	conns   []*agentConn          // oldest first
 	open    map[*zdsConn]struct{} // every accepted connection, until it ends
 	running bool
 	closed  bool
