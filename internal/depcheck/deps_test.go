@@ -22,6 +22,7 @@ import (
 //	inpod                                           (x/sys)
 //	xds, xds/istio                                  (grpc, protobuf; authz, route)
 //	proxy                                           (identity, hbone, authz, authz/ztunnel, route)
+//	proxy/waypointconfig                            (proxy, authz/istio, route/istio, route/gatewayapi)
 var rules = map[string][]string{
 	"":                   nil, // the root package is documentation only
 	"internal/depcheck":  nil,
@@ -100,6 +101,12 @@ var rules = map[string][]string{
 		"identity", "hbone", "authz", "authz/ztunnel", "route", "internal/netutil",
 		"github.com/spiffe/go-spiffe/v2/spiffeid", "github.com/hashicorp/go-multierror",
 		"go.yaml.in/yaml/v3",
+	},
+	// A waypoint's rules from Istio and Gateway API YAML: links Istio's
+	// API types, so that package proxy (and ztunnel) does not.
+	"proxy/waypointconfig": {
+		"proxy", "authz", "authz/istio", "route/istio", "route/gatewayapi", "internal/yamldoc",
+		"sigs.k8s.io/yaml", "github.com/hashicorp/go-multierror",
 	},
 }
 
