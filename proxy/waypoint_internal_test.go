@@ -39,8 +39,9 @@ func TestNormalizePath(t *testing.T) {
 		{"//a//b", "//a//b", true},     // slashes are not merged
 		{"/a b", "/a%20b", true},
 		{"/\xff", "/%FF", true},
-		{"/100%", "/100%", true}, // a lone percent stays
-		{"/%zz", "/%zz", true},
+		{"/100%", "/100%25", true}, // a lone percent is escaped
+		{"/%zz", "/%25zz", true},
+		{"/%2%44", "/%252D", true}, // no escape is assembled by decoding
 		{"/.hidden/..a/...", "/.hidden/..a/...", true},
 		{"", "", false},
 		{"a/b", "", false},

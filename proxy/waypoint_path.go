@@ -9,7 +9,8 @@ import "strings"
 //
 //   - a backslash becomes a slash;
 //   - a percent-escape of an unreserved character (ALPHA, DIGIT, "-",
-//     ".", "_", "~") is decoded, other escapes get upper-case hex digits;
+//     ".", "_", "~") is decoded, other escapes get upper-case hex digits,
+//     and a "%" that starts no escape becomes "%25";
 //   - control characters, space, DEL and non-ASCII bytes are
 //     percent-encoded;
 //   - "." and ".." segments are resolved (RFC 3986 §5.2.4), so that an
@@ -43,6 +44,11 @@ func normalizePath(p string) (string, bool) {
 				b.WriteByte(upperHex(p[i+2]))
 			}
 			i += 2
+		case c == '%':
+			// A percent sign that starts no escape is escaped itself, so
+			// that decoding cannot assemble a new escape from it ("%2%44"
+			// would otherwise become "%2D", then "-").
+			b.WriteString("%25")
 		case c <= ' ' || c >= 0x7f:
 			const hex = "0123456789ABCDEF"
 			b.WriteByte('%')

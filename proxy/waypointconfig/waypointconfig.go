@@ -74,7 +74,8 @@ type Result struct {
 }
 
 // Parse reads the files. Every problem is reported, together, each naming
-// its file, document and field.
+// its file and document and the field at fault; problems found when the
+// routes are converted, across files, name the object and field.
 //
 // When some AuthorizationPolicies are invalid, Result still holds them:
 // each denies every request in the scope it would have applied to (fail
