@@ -97,6 +97,7 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	fs.StringVar(&c.Metrics, "metrics", ":15020", "Prometheus listener")
 	fs.StringVar(&c.Readiness, "readiness", ":15021", "readiness listener")
 	fs.Var(podFlag{&c.Pods}, "pod", "serve a workload in-pod: uid=/var/run/netns/<name> (repeatable); listeners 15001/15006/15008 open inside the namespace")
+	fs.StringVar(&c.ZDS, "zds", "", "node agent's ZDS socket (e.g. /var/run/ztunnel/ztunnel.sock): serve the pods it hands over in-pod")
 	fs.BoolVar(&c.Redirected, "redirected", false, "outbound and plaintext inbound traffic is redirected by iptables (use SO_ORIGINAL_DST)")
 	fs.BoolVar(&c.BindSourceIP, "bind-source-ip", true, "bind outbound HBONE connections to the source workload's IP")
 	fs.StringVar(&level, "log-level", "info", "debug, info, warn or error")

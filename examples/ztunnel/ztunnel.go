@@ -43,6 +43,9 @@ type Config struct {
 
 	// Pods are served in-pod: listeners inside each pod's namespace.
 	Pods []Pod
+	// ZDS, if set, is a node agent's ZDS socket: the pods it hands over
+	// are served in-pod as they come and go (see inpod.go).
+	ZDS string
 
 	Redirected   bool // use SO_ORIGINAL_DST (iptables redirection)
 	BindSourceIP bool
@@ -198,7 +201,7 @@ func Run(ctx context.Context, cfg Config) error {
 		pcfg.OriginalDst = inpod.OriginalDst
 	}
 	var pods *inPod
-	if len(cfg.Pods) > 0 {
+	if len(cfg.Pods) > 0 || cfg.ZDS != "" {
 		if pods, err = openPods(cfg.Pods); err != nil {
 			return err
 		}
@@ -287,7 +290,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}{
 		{"metrics", cfg.Metrics, mux(map[string]http.Handler{"/metrics": m, "/stats/prometheus": m})},
 		{"readiness", cfg.Readiness, mux(map[string]http.Handler{"/healthz/ready": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			if !ready.Load() {
+			if !ready.Load() || !pods.zdsReady() {
 				http.Error(w, "not ready", http.StatusServiceUnavailable)
 				return
 			}
@@ -357,6 +360,9 @@ func Run(ctx context.Context, cfg Config) error {
 			"outbound", cfg.Outbound, "inbound", cfg.InboundHBONE)
 		return nil
 	})
+	if cfg.ZDS != "" {
+		g.Go(func() error { return pods.runZDS(gctx, cfg.ZDS, px, holder, cfg.Node, log) })
+	}
 	if cfg.Reload != nil {
 		g.Go(func() error {
 			for {
