@@ -5,10 +5,10 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/meshblocks/meshblocks/examples/internal/promtext"
 	"github.com/meshblocks/meshblocks/proxy"
 )
 
@@ -164,7 +164,7 @@ func (m *metrics) hooks() proxy.Hooks {
 
 // ServeHTTP writes every family in the text exposition format.
 func (m *metrics) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	w.Header().Set("Content-Type", promtext.ContentType)
 	bw := bufio.NewWriter(w)
 	m.write(bw)
 	bw.Flush()
@@ -179,8 +179,7 @@ func (m *metrics) write(w *bufio.Writer) {
 		}
 		f.mu.Unlock()
 		slices.Sort(lines)
-		w.WriteString("# HELP " + f.name + " " + escapeHelp(f.help) + "\n")
-		w.WriteString("# TYPE " + f.name + " counter\n")
+		promtext.WriteHeader(w, f.name, f.help, "counter")
 		for _, l := range lines {
 			w.WriteString(f.name)
 			w.WriteString(l)
@@ -189,39 +188,16 @@ func (m *metrics) write(w *bufio.Writer) {
 	}
 }
 
-type labelPair struct{ name, value string }
-
 // labelString renders {name="value",...} with the names sorted.
 func labelString(k *seriesKey) string {
-	pairs := make([]labelPair, 0, len(tcpLabelNames)+len(localityLabelNames))
+	labels := make([]promtext.Label, 0, len(tcpLabelNames)+len(localityLabelNames))
 	for i, n := range tcpLabelNames {
-		pairs = append(pairs, labelPair{n, k.values[i]})
+		labels = append(labels, promtext.Label{Name: n, Value: k.values[i]})
 	}
 	if k.hasLocality {
 		for i, n := range localityLabelNames {
-			pairs = append(pairs, labelPair{n, k.locality[i]})
+			labels = append(labels, promtext.Label{Name: n, Value: k.locality[i]})
 		}
 	}
-	slices.SortFunc(pairs, func(a, b labelPair) int { return strings.Compare(a.name, b.name) })
-	var b strings.Builder
-	b.WriteByte('{')
-	for i, p := range pairs {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(p.name)
-		b.WriteString(`="`)
-		b.WriteString(escapeLabel(p.value))
-		b.WriteByte('"')
-	}
-	b.WriteByte('}')
-	return b.String()
+	return promtext.LabelString(labels)
 }
-
-var (
-	labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
-	helpEscaper  = strings.NewReplacer(`\`, `\\`, "\n", `\n`)
-)
-
-func escapeLabel(s string) string { return labelEscaper.Replace(s) }
-func escapeHelp(s string) string  { return helpEscaper.Replace(s) }

@@ -236,8 +236,3 @@ func TestMetricsEmpty(t *testing.T) {
 	assert.Len(t, fams, 4)
 	assert.Equal(t, "The total number of TCP connections opened", fams["istio_tcp_connections_opened_total"].help)
 }
-
-func TestEscaping(t *testing.T) {
-	assert.Equal(t, `a\\b\"c\nd`, escapeLabel("a\\b\"c\nd"))
-	assert.Equal(t, `a\\b"c\nd`, escapeHelp("a\\b\"c\nd"))
-}
