@@ -29,13 +29,13 @@ import (
 )
 
 // The waypoint test mesh (testdata/waypoint/mesh.yaml) lives in
-// 127.78.0.0/16, clear of the other tests' addresses.
+// 127.81.0.0/16, clear of the other tests' addresses.
 var (
-	wpIPSleep    = netip.MustParseAddr("127.78.0.2")
-	wpIPCurl     = netip.MustParseAddr("127.78.0.3")
-	wpIPWaypoint = netip.MustParseAddr("127.78.0.4")
-	wpIPMirror   = netip.MustParseAddr("127.78.0.33")
-	wpIPTCPEcho  = netip.MustParseAddr("127.78.0.41")
+	wpIPSleep    = netip.MustParseAddr("127.81.0.2")
+	wpIPCurl     = netip.MustParseAddr("127.81.0.3")
+	wpIPWaypoint = netip.MustParseAddr("127.81.0.4")
+	wpIPMirror   = netip.MustParseAddr("127.81.0.33")
+	wpIPTCPEcho  = netip.MustParseAddr("127.81.0.41")
 )
 
 // wpLog collects JSON slog lines from several goroutines.
@@ -221,7 +221,7 @@ func newWPMesh(t testing.TB, opt wpMeshOptions) *wpMesh {
 		m.apps[w.Name] = app
 		wpHTTPServer(t, netip.AddrPortFrom(ip, 8080), app)
 	}
-	socks := wpListen(t, netip.AddrPortFrom(netip.MustParseAddr("127.78.1.1"), 0))
+	socks := wpListen(t, netip.AddrPortFrom(netip.MustParseAddr("127.81.1.1"), 0))
 	m.socks = socks.Addr().(*net.TCPAddr).AddrPort()
 	m.serve(func() error { return m.a.ServeSOCKS5(socks, "") })
 

@@ -61,7 +61,7 @@ func TestWaypointSeedFlow(t *testing.T) {
 	assert.Equal(t, float64(200), allowed["response_code"])
 	assert.Equal(t, "-", allowed["response_flags"])
 	assert.Equal(t, "ratings.default.svc.cluster.local", allowed["dst.service"])
-	assert.Contains(t, []any{"127.78.0.31:8080", "127.78.0.32:8080"}, allowed["upstream_host"])
+	assert.Contains(t, []any{"127.81.0.31:8080", "127.81.0.32:8080"}, allowed["upstream_host"])
 	assert.Equal(t, "outbound|80||ratings.default.svc.cluster.local", allowed["upstream_cluster"])
 	denied := m.log.wait(t, "request complete", func(l map[string]any) bool {
 		return l["src.identity"] == "spiffe://cluster.local/ns/default/sa/curl"
@@ -70,7 +70,7 @@ func TestWaypointSeedFlow(t *testing.T) {
 	assert.Equal(t, "RBAC", denied["response_flags"])
 	assert.Equal(t, "default/ratings-viewer", denied["authz_policy"])
 	m.log.wait(t, "RBAC rejected", func(l map[string]any) bool {
-		return strings.HasPrefix(l["conn"].(string), "127.78.0.3(spiffe://cluster.local/ns/default/sa/curl)->127.78.10.8:80")
+		return strings.HasPrefix(l["conn"].(string), "127.81.0.3(spiffe://cluster.local/ns/default/sa/curl)->127.81.10.8:80")
 	})
 
 	info := m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Method == "POST" })
@@ -363,7 +363,7 @@ func TestWaypointTCP(t *testing.T) {
 	_, err = roundTrip(wpIPCurl, 9000, "let me in")
 	assert.Error(t, err, "curl is not allowed on tcp-echo")
 	m.log.wait(t, "RBAC rejected", func(l map[string]any) bool {
-		return strings.Contains(l["conn"].(string), "sa/curl)->127.78.10.7:9000")
+		return strings.Contains(l["conn"].(string), "sa/curl)->127.81.10.7:9000")
 	})
 
 	got, err = roundTrip(wpIPSleep, 9001, "ping\n")
@@ -371,9 +371,9 @@ func TestWaypointTCP(t *testing.T) {
 	assert.Equal(t, "ping\n", got)
 
 	l := m.log.wait(t, "connection complete", func(l map[string]any) bool {
-		return l["dst.hbone_addr"] == "127.78.10.7:9000" && l["error"] == nil
+		return l["dst.hbone_addr"] == "127.81.10.7:9000" && l["error"] == nil
 	})
-	assert.Equal(t, "127.78.0.41:9000", l["dst.addr"])
+	assert.Equal(t, "127.81.0.41:9000", l["dst.addr"])
 	assert.Equal(t, "tcp-echo.default.svc.cluster.local", l["dst.service"])
 	assert.Equal(t, float64(len("hello over tcp")), l["bytes_sent"])
 }
@@ -387,8 +387,8 @@ func TestWaypointRefusesUnservedDestination(t *testing.T) {
 	defer d.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, authority := range []string{"127.78.10.3:80", "127.78.99.1:80", "127.78.10.5:81"} {
-		_, err := d.Dial(ctx, hbone.Route{Address: "127.78.0.4:15008", Authority: authority})
+	for _, authority := range []string{"127.81.10.3:80", "127.81.99.1:80", "127.81.10.5:81"} {
+		_, err := d.Dial(ctx, hbone.Route{Address: "127.81.0.4:15008", Authority: authority})
 		var ce *hbone.ConnectError
 		require.ErrorAs(t, err, &ce, authority)
 		assert.Equal(t, http.StatusServiceUnavailable, ce.StatusCode, authority)
