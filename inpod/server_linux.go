@@ -497,6 +497,8 @@ func (s *Server) AddPodNetns(ctx context.Context, uid string, info WorkloadInfo,
 // (after an agent restart, say). It is sent as KeepWorkload in
 // snapshots, so that proxies keep serving it; nothing is sent live.
 func (s *Server) KeepPod(uid string, info WorkloadInfo) {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old := s.pods[uid]; old != nil && old.ns != nil {
