@@ -212,11 +212,19 @@ func NewWaypoint(cfg WaypointConfig) (*Waypoint, error) {
 		ModifyResponse: w.modifyResponse,
 		ErrorHandler:   w.upstreamError,
 		ErrorLog:       log.New(debugWriter{lg}, "", 0),
+		BufferPool:     bufferPool{},
 	}
 	r, _ := compileRules(WaypointRules{})
 	w.rules.Store(r)
 	return w, nil
 }
+
+// bufferPool lends the reverse proxy its copy buffers from the shared
+// size-classed pools, instead of a new 32 KiB buffer per response.
+type bufferPool struct{}
+
+func (bufferPool) Get() []byte  { return netutil.GetBuffer(32 << 10) }
+func (bufferPool) Put(b []byte) { netutil.PutBuffer(b) }
 
 // debugWriter sends the standard library's log lines (http.Server,
 // ReverseProxy) to the logger at Debug.
