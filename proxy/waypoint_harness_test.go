@@ -157,7 +157,8 @@ type wpMesh struct {
 }
 
 type wpMeshOptions struct {
-	quiet bool // no access logs (benchmarks)
+	quiet    bool // no access logs (benchmarks)
+	extAuthz func(ctx context.Context, provider string, r *http.Request) (bool, error)
 }
 
 func newWPMesh(t testing.TB, opt wpMeshOptions) *wpMesh {
@@ -233,6 +234,7 @@ func newWPMesh(t testing.TB, opt wpMeshOptions) *wpMesh {
 		Namespace: "default",
 		Addresses: []netip.Addr{wpIPWaypoint},
 		SourceIP:  wpIPWaypoint,
+		ExtAuthz:  opt.extAuthz,
 		Logger:    logger,
 		Hooks: proxy.WaypointHooks{
 			Request: func(ri *proxy.RequestInfo) { m.mu.Lock(); m.infos = append(m.infos, *ri); m.mu.Unlock() },
@@ -350,6 +352,9 @@ func (m *wpMesh) client(src netip.Addr, h2 bool) *http.Client {
 				return nil, err
 			}
 			vip, ok := m.vips[host]
+			if ip, err := netip.ParseAddr(host); err == nil {
+				vip, ok = ip, true // a workload addressed directly
+			}
 			if !ok {
 				return nil, fmt.Errorf("no service %s", host)
 			}

@@ -125,6 +125,32 @@ func TestClassify(t *testing.T) {
 	}
 }
 
+// FuzzClassify: a decision, once made, does not change as more bytes
+// arrive, and the HTTP/2 preface is recognised however it is split.
+func FuzzClassify(f *testing.F) {
+	for _, s := range []string{"GET / HTTP/1.1\r\n", h2Preface, "PRI * HTTP/1.1", "hello", "\x16\x03\x01\x02\x00", "PROPFIND /x"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var decided bool
+		var first sniffed
+		for i := 1; i <= len(b); i++ {
+			kind, more := classify(b[:i])
+			if decided && kind != first {
+				t.Fatalf("%q: decided %d at a shorter prefix, %d at %d bytes", b, first, kind, i)
+			}
+			if !more && !decided {
+				decided, first = true, kind
+			}
+		}
+		if bytes.HasPrefix(b, []byte(h2Preface)) {
+			if kind, more := classify(b); kind != sniffHTTP2 || more {
+				t.Fatalf("%q: preface not recognised", b)
+			}
+		}
+	})
+}
+
 func TestParseAppProtocol(t *testing.T) {
 	for in, want := range map[string]portProto{
 		"http": protoHTTP, "HTTP": protoHTTP, "http-web": protoHTTP, "http2": protoHTTP2, "h2c": protoHTTP2,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/meshblocks/meshblocks/authz"
 	"github.com/meshblocks/meshblocks/hbone"
 	"github.com/meshblocks/meshblocks/internal/leakcheck"
 	"github.com/meshblocks/meshblocks/proxy"
@@ -328,10 +330,95 @@ func TestWaypointHTTP2(t *testing.T) {
 	wg.Wait()
 	info := m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Protocol == "HTTP/2.0" })
 	assert.Equal(t, "HTTP/2.0", info.Protocol)
-	// A denied HTTP/2 request gets the same 403.
-	r := m.do(t, m.client(wpIPCurl, true), "GET", "http://ratings.default.svc.cluster.local/", nil, "")
+	// A denied HTTP/2 request gets the same 403; a denied gRPC call a
+	// trailers-only PERMISSION_DENIED.
+	curl := m.client(wpIPCurl, true)
+	r := m.do(t, curl, "GET", "http://ratings.default.svc.cluster.local/", nil, "")
 	assert.Equal(t, http.StatusForbidden, r.status)
 	assert.Equal(t, "RBAC: access denied", r.body)
+	r = m.do(t, curl, "POST", "http://ratings.default.svc.cluster.local/ratings.Ratings/Get",
+		http.Header{"Content-Type": {"application/grpc"}, "Te": {"trailers"}}, "\x00\x00\x00\x00\x00")
+	assert.Equal(t, http.StatusOK, r.status)
+	assert.Equal(t, "7", r.header.Get("Grpc-Status"))
+	assert.Equal(t, "RBAC: access denied", r.header.Get("Grpc-Message"))
+	assert.Empty(t, r.body)
+	info = m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.GRPC })
+	assert.Equal(t, "7", info.GRPCStatus)
+	assert.Equal(t, []string{proxy.FlagRBAC}, info.Flags)
+}
+
+// TestWaypointGatewayPolicyAndWorkload: a policy attached to the waypoint
+// itself applies to Services and to workloads addressed directly; a
+// workload with its own waypoint is reached by its address.
+func TestWaypointGatewayPolicyAndWorkload(t *testing.T) {
+	leakcheck.Check(t)
+	m := newWPMesh(t, wpMeshOptions{})
+	c := m.client(wpIPSleep, false)
+	block := http.Header{"X-Block": {"yes"}}
+
+	r := m.do(t, c, "GET", "http://127.81.0.51:8080/solo?x=1", nil, "")
+	require.Equal(t, 200, r.status, r.body)
+	assert.Equal(t, "solo", r.app.Name)
+	assert.Equal(t, "/solo?x=1", r.app.Path)
+	assert.Equal(t, "127.81.0.51:8080", r.app.Host)
+	info := m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Path == "/solo?x=1" })
+	assert.Empty(t, info.DstService)
+	assert.Equal(t, "spiffe://cluster.local/ns/default/sa/solo", info.DstIdentity.String())
+
+	for _, url := range []string{"http://127.81.0.51:8080/", "http://echo.default.svc.cluster.local/"} {
+		r := m.do(t, c, "GET", url, block, "")
+		assert.Equal(t, http.StatusForbidden, r.status, url)
+		assert.Equal(t, "RBAC: access denied", r.body, url)
+	}
+	denied := m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Status == 403 })
+	assert.Equal(t, "default/waypoint-block", denied.Policy)
+}
+
+// TestWaypointCustom: a CUSTOM policy asks the ExtAuthz hook for its
+// provider; without the hook's approval the request is denied (UAEX). A
+// CUSTOM policy naming an unknown provider denies what it matches.
+func TestWaypointCustom(t *testing.T) {
+	leakcheck.Check(t)
+	var asked []string
+	var mu sync.Mutex
+	m := newWPMesh(t, wpMeshOptions{extAuthz: func(_ context.Context, provider string, r *http.Request) (bool, error) {
+		mu.Lock()
+		asked = append(asked, provider+" "+r.URL.Path)
+		mu.Unlock()
+		if r.Header.Get("X-Ext") == "fail" {
+			return true, errors.New("ext_authz unreachable")
+		}
+		return r.Header.Get("X-Ext") == "allow", nil
+	}})
+	rules := m.rules
+	rules.Authz.Providers = []string{"ext"}
+	// One provider per Service: with two, Istio turns every CUSTOM rule
+	// into a deny rule (authz.Config.MultipleCustomProviders).
+	custom := func(name, provider, svc, path string) authz.Policy {
+		return authz.Policy{Namespace: "default", Name: name, Action: authz.Custom, Provider: provider,
+			TargetRefs: []authz.TargetRef{{Kind: "Service", Name: svc}},
+			Rules:      []authz.Rule{{To: []*authz.Operation{{Paths: []string{path}}}}}}
+	}
+	rules.Policies = append(slices.Clone(rules.Policies),
+		custom("ext", "ext", "echo", "/ext/*"), custom("bad", "nope", "ratings", "/bad/*"))
+	require.NoError(t, m.wp.SetRules(rules))
+	c := m.client(wpIPSleep, false)
+	const echo = "http://echo.default.svc.cluster.local"
+
+	assert.Equal(t, 200, m.do(t, c, "GET", echo+"/ext/a", http.Header{"X-Ext": {"allow"}}, "").status)
+	r := m.do(t, c, "GET", echo+"/ext/b", nil, "")
+	assert.Equal(t, http.StatusForbidden, r.status)
+	assert.Empty(t, r.body)
+	assert.Equal(t, []string{proxy.FlagExtAuthzDenied}, m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Path == "/ext/b" }).Flags)
+	assert.Equal(t, http.StatusForbidden, m.do(t, c, "GET", echo+"/ext/c", http.Header{"X-Ext": {"fail"}}, "").status, "an error denies")
+	assert.Equal(t, 200, m.do(t, c, "GET", echo+"/other", nil, "").status, "not matched: not asked")
+	assert.Equal(t, 200, m.do(t, c, "GET", "http://ratings.default.svc.cluster.local/ok", nil, "").status)
+	r = m.do(t, c, "GET", "http://ratings.default.svc.cluster.local/bad/x", http.Header{"X-Ext": {"allow"}}, "")
+	assert.Equal(t, http.StatusForbidden, r.status)
+	assert.Equal(t, "RBAC: access denied", r.body)
+	mu.Lock()
+	assert.Equal(t, []string{"ext /ext/a", "ext /ext/b", "ext /ext/c"}, asked)
+	mu.Unlock()
 }
 
 // TestWaypointTCP: a tcp port is authorized at L4 and relayed; an

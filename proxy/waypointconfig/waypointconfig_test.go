@@ -23,7 +23,7 @@ func TestParseTestMesh(t *testing.T) {
 	for _, p := range r.Policies {
 		names = append(names, p.Namespace+"/"+p.Name)
 	}
-	assert.ElementsMatch(t, []string{"default/ratings-viewer", "default/tcp-echo-sleep", "default/deny-all-selector"}, names)
+	assert.ElementsMatch(t, []string{"default/ratings-viewer", "default/tcp-echo-sleep", "default/waypoint-block", "default/deny-all-selector"}, names)
 	assert.Equal(t, map[string]string{
 		"echo-h2.default.svc.cluster.local:80":    "http2",
 		"tcp-echo.default.svc.cluster.local:9000": "tcp",
