@@ -109,6 +109,18 @@ func (a *wpApp) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a.seen = append(a.seen, s)
 	a.mu.Unlock()
 	p := r.URL.Path
+	if r.Header.Get("Upgrade") == "echo" {
+		// A protocol upgrade: switch, then echo lines.
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+		return
+	}
 	switch {
 	case strings.HasPrefix(p, "/slow"):
 		select {

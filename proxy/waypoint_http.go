@@ -198,6 +198,9 @@ type wpRequest struct {
 	authority string
 	timeout   time.Duration
 	retry     route.Retry
+	// upgraded is set when the upstream switched protocols (101): the
+	// reverse proxy then answers on the hijacked connection.
+	upgraded bool
 }
 
 type requestKey struct{}
@@ -321,7 +324,7 @@ func (w *Waypoint) serveRequest(rw *wpWriter, r *http.Request, q *wpRequest) {
 		// §1.3), the mesh default retries.
 		q.target, q.port = st.dst.addr, int(st.dst.addr.Port())
 		q.path, q.authority, q.retry = info.Path, r.Host, route.DefaultRetry()
-		q.info.Cluster = "inbound-pod|" + st.dst.addr.String()
+		q.info.Cluster = "inbound-pod|" + strconv.Itoa(int(st.dst.addr.Port())) + "||" + st.dst.addr.Addr().String()
 		w.forward(rw, r, q)
 		return
 	}
@@ -558,9 +561,13 @@ func (w *Waypoint) rewrite(pr *httputil.ProxyRequest) {
 // modifyResponse applies the route's response header operations.
 func (w *Waypoint) modifyResponse(resp *http.Response) error {
 	q := requestFrom(resp.Request.Context())
-	if q != nil && q.res.Rule != nil {
+	if q == nil {
+		return nil
+	}
+	if q.res.Rule != nil {
 		q.res.ApplyResponseHeaders(resp.Header)
 	}
+	q.upgraded = resp.StatusCode == http.StatusSwitchingProtocols
 	return nil
 }
 
@@ -667,6 +674,9 @@ func (w *Waypoint) requestComplete(q *wpRequest, lw *wpWriter) {
 	info.Duration = time.Since(info.Start)
 	info.Status = lw.status
 	info.BytesSent = lw.bytes
+	if info.Status == 0 && q.upgraded {
+		info.Status, lw.hijacked = http.StatusSwitchingProtocols, true
+	}
 	h := lw.Header()
 	if gs := h.Get("Grpc-Status"); gs != "" {
 		info.GRPCStatus = gs

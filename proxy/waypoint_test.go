@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -419,6 +420,35 @@ func TestWaypointCustom(t *testing.T) {
 	mu.Lock()
 	assert.Equal(t, []string{"ext /ext/a", "ext /ext/b", "ext /ext/c"}, asked)
 	mu.Unlock()
+}
+
+// TestWaypointUpgrade: a protocol upgrade (as WebSocket does) goes
+// through the waypoint, and the tunnel then carries the new protocol.
+func TestWaypointUpgrade(t *testing.T) {
+	leakcheck.Check(t)
+	m := newWPMesh(t, wpMeshOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.dial(ctx, wpIPSleep, netip.AddrPortFrom(m.vips["echo.default.svc.cluster.local"], 80))
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "GET /chat HTTP/1.1\r\nHost: echo.default.svc.cluster.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	assert.Equal(t, "echo", resp.Header.Get("Upgrade"))
+	_, err = io.WriteString(c, "ping\n")
+	require.NoError(t, err)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "ping\n", line)
+	c.Close()
+	info := m.waitInfo(t, func(ri *proxy.RequestInfo) bool { return ri.Path == "/chat" })
+	assert.Equal(t, http.StatusSwitchingProtocols, info.Status)
+	assert.Empty(t, info.Flags)
 }
 
 // TestWaypointTCP: a tcp port is authorized at L4 and relayed; an

@@ -117,9 +117,13 @@ func (t wpRoundTripper) RoundTrip(out *http.Request) (*http.Response, error) {
 			if retriable && q.retry.Attempts > 0 && attempt > q.retry.Attempts {
 				q.info.addFlag(FlagRetryLimit)
 			}
-			if resp != nil {
+			switch rwc, ok := upgraded(resp); {
+			case ok:
+				// An upgraded connection: the reverse proxy writes to it.
+				resp.Body = &cancelRWBody{ReadWriteCloser: rwc, cancel: cancel}
+			case resp != nil:
 				resp.Body = &cancelBody{ReadCloser: resp.Body, cancel: cancel}
-			} else {
+			default:
 				cancel()
 			}
 			return resp, err
@@ -243,6 +247,27 @@ type cancelBody struct {
 
 func (b *cancelBody) Close() error {
 	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// upgraded returns the connection of a 101 Switching Protocols response.
+func upgraded(resp *http.Response) (io.ReadWriteCloser, bool) {
+	if resp == nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, false
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	return rwc, ok
+}
+
+// cancelRWBody is cancelBody for the connection of an upgraded request.
+type cancelRWBody struct {
+	io.ReadWriteCloser
+	cancel context.CancelFunc
+}
+
+func (b *cancelRWBody) Close() error {
+	err := b.ReadWriteCloser.Close()
 	b.cancel()
 	return err
 }
