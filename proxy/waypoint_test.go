@@ -581,3 +581,64 @@ func TestWaypointShutdownDrains(t *testing.T) {
 	_, err := m.try(m.client(wpIPSleep, false), "GET", "http://echo.default.svc.cluster.local/", nil, "")
 	assert.Error(t, err, "the waypoint no longer accepts tunnels")
 }
+
+// TestWaypointShutdownForcesRelays: a TCP relay still open when
+// Shutdown's context ends is closed, and Shutdown reports the deadline.
+func TestWaypointShutdownForcesRelays(t *testing.T) {
+	leakcheck.Check(t)
+	m := newWPMesh(t, wpMeshOptions{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.dial(ctx, wpIPSleep, netip.AddrPortFrom(m.vips["tcp-echo.default.svc.cluster.local"], 9000))
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.WriteString(c, "open")
+	require.NoError(t, err)
+	buf := make([]byte, 4)
+	_, err = io.ReadFull(c, buf)
+	require.NoError(t, err)
+
+	sctx, scancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer scancel()
+	assert.ErrorIs(t, m.wp.Shutdown(sctx), context.DeadlineExceeded)
+	_, err = io.ReadAll(c) // the relay was closed: EOF or reset, not the 10 s deadline
+	if err != nil {
+		var ne net.Error
+		assert.False(t, errors.As(err, &ne) && ne.Timeout(), "relay not closed: %v", err)
+	}
+	assert.True(t, errors.Is(<-m.wpDone, proxy.ErrWaypointClosed))
+	m.wpDone <- proxy.ErrWaypointClosed
+}
+
+// TestWaypointStateSwap: a State stored in the holder is used by the next
+// request; here purchase-history loses its v2 and v3 endpoints, and the
+// subsets that selected them answer 503.
+func TestWaypointStateSwap(t *testing.T) {
+	leakcheck.Check(t)
+	m := newWPMesh(t, wpMeshOptions{quiet: true})
+	st := m.state.Load()
+	var ws []proxy.Workload
+	for _, w := range st.Workloads() {
+		if w.Name != "purchase-history-v2" && w.Name != "purchase-history-v3" {
+			ws = append(ws, w)
+		}
+	}
+	next, err := proxy.NewState(ws, st.Services())
+	require.NoError(t, err)
+	m.state.Store(next)
+	c := m.client(wpIPSleep, false)
+	codes := map[string]int{}
+	for range 200 {
+		r := m.do(t, c, "GET", "http://purchase-history.default.svc.cluster.local/", nil, "")
+		switch r.status {
+		case 200:
+			codes[r.app.Version]++
+		default:
+			codes[fmt.Sprint(r.status, " ", r.body)]++
+		}
+	}
+	assert.Greater(t, codes["v1"], 120)
+	assert.Greater(t, codes["503 no healthy upstream"], 10)
+	assert.Len(t, codes, 2, "%v", codes)
+}
