@@ -20,14 +20,14 @@
 //	            (route/istio, route/gatewayapi, route/routetest).
 //	proxy       the node proxy's data paths: outbound, inbound HBONE,
 //	            inbound plaintext and SOCKS5, with access logs and metric
-//	            hooks.
+//	            hooks; and the L7 waypoint (proxy/waypointconfig: its
+//	            rules from Istio YAML).
 //	inpod       network-namespace handles, sockets inside a pod's
 //	            namespace, packet marks and original destinations.
 //
 // Planned and not built yet: xds (configuration over delta xDS with
-// Istio-compatible workload resources), the in-pod iptables/nftables rule
-// writer and the ZDS protocol in inpod, and the L7 waypoint handler in
-// proxy.
+// Istio-compatible workload resources), and the in-pod iptables/nftables
+// rule writer and the ZDS protocol in inpod.
 //
 // Lower layers never import higher ones; internal/depcheck enforces the
 // table:
