@@ -41,7 +41,8 @@
 // access-log line ("connection complete" with src.addr, src.workload,
 // src.identity, dst.addr, dst.hbone_addr, dst.service, dst.workload,
 // dst.identity, direction, bytes_sent, bytes_recv, duration, error) and
-// [Hooks] for metrics.
+// [Hooks] for metrics; [ConnInfo.Labels] gives a connection the labels of
+// Istio's TCP metrics, as ztunnel reports them.
 //
 // Policy applies to open connections too, as in ztunnel: when the State
 // is swapped ([StateHolder.Store]), each open inbound connection, HBONE or
