@@ -25,6 +25,7 @@
 //
 // Distributions are judged over at least 2,000 requests (10,000 when a
 // share is below 5 %) with a tolerance of 0.05, tightened to five standard
-// deviations for small shares; keys expected at 0 must get nothing. The
-// random source is seeded from the case name, so runs are reproducible.
+// deviations for small shares ([Tolerance]); keys expected at 0 must get
+// nothing. The random source is seeded from the case name, so runs are
+// reproducible.
 package routetest

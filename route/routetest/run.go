@@ -421,10 +421,12 @@ func (c *Case) samples() int {
 	return n
 }
 
-// tolerance is the allowed |observed - expected| for a share p over n
-// samples: the Gateway API conformance bound of 0.05, tightened to five
-// standard deviations (plus one sample) for small shares.
-func tolerance(p float64, n int) float64 {
+// Tolerance is the allowed |observed - expected| for a share p observed
+// over n samples, as route test files judge distributions: the Gateway API
+// conformance bound of 0.05, tightened to five standard deviations (plus
+// one sample) for small shares. Use it to judge a weighted split measured
+// elsewhere (through a running waypoint, for example) the same way.
+func Tolerance(p float64, n int) float64 {
 	sd := math.Sqrt(p * (1 - p) / float64(n))
 	return math.Min(0.05, 5*sd+1/float64(n))
 }
@@ -485,7 +487,7 @@ func (c *Case) Run() error {
 				fail("distribution %s: want none, got %d of %d", k, counts[k], n)
 				continue
 			}
-			if tol := tolerance(want, n); math.Abs(got-want) > tol {
+			if tol := Tolerance(want, n); math.Abs(got-want) > tol {
 				fail("distribution %s: want %.4f ± %.4f, got %.4f (%d of %d)", k, want, tol, got, counts[k], n)
 			}
 		}
@@ -772,7 +774,7 @@ func checkOptional(c *Case, outs []Outcome, n int, fail func(string, ...any)) {
 		}
 		if want == 0 && cnt > 0 {
 			fail("mirror %s: want none, got %d of %d", m.Host, cnt, n)
-		} else if math.Abs(got-want) > tolerance(want, n) {
+		} else if math.Abs(got-want) > Tolerance(want, n) {
 			fail("mirror %s %s: want fraction %.4f, got %.4f (%d of %d)", m.Host, m.Subset, want, got, cnt, n)
 		}
 	}
