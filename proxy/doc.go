@@ -10,7 +10,10 @@
 // authorization engine and PeerAuthentication. It is immutable and
 // published through a [StateHolder], so updates swap it atomically and the
 // data path never waits for the control plane. [ParseLocalConfig] reads
-// ztunnel's LOCAL_XDS_PATH file format; xds fills it in a cluster.
+// ztunnel's LOCAL_XDS_PATH file format; xds fills it in a cluster;
+// [BindPolicies] turns ztunnel policies and the workloads' bindings that
+// come from elsewhere (ztunnel.Convert, for example) into the L4 engine's
+// policies, as ParseLocalConfig does for a file.
 //
 // A [Proxy] serves listeners:
 //

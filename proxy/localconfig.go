@@ -157,7 +157,7 @@ type LocalConfigFile struct {
 func ParseLocalConfigFiles(files ...LocalConfigFile) (*LocalConfig, error) {
 	out := &LocalConfig{}
 	var policies []ztunnel.Authorization
-	var bindings []ztunnel.Binding
+	var bindings [][]string
 	for _, file := range files {
 		var f lcFile
 		if err := decodeLocalConfig(file.Data, &f); err != nil {
@@ -169,7 +169,7 @@ func ParseLocalConfigFiles(files ...LocalConfigFile) (*LocalConfig, error) {
 				return nil, fileErr(file.Name, err)
 			}
 			out.Workloads = append(out.Workloads, pw)
-			bindings = append(bindings, ztunnel.Binding{Name: pw.UID, Namespace: pw.Namespace, Policies: w.AuthorizationPolicies})
+			bindings = append(bindings, w.AuthorizationPolicies)
 		}
 		for i, s := range f.Services {
 			ps, err := s.convert(fmt.Sprintf("services[%d]", i))
@@ -180,22 +180,46 @@ func ParseLocalConfigFiles(files ...LocalConfigFile) (*LocalConfig, error) {
 		}
 		policies = append(policies, f.Policies...)
 	}
-	az, err := ztunnel.ToAuthz(policies, bindings)
+	var err error
+	out.Policies, out.RootNamespace, err = BindPolicies(out.Workloads, policies, bindings)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLocalConfig, err)
 	}
-	out.Policies, out.RootNamespace = az.Policies, az.RootNamespace
+	return out, nil
+}
+
+// BindPolicies turns ztunnel's own policies, and the policies each
+// workload lists (bindings[i] for workloads[i], as "namespace/name": the
+// authorizationPolicies istiod sends with a workload, or
+// ztunnel.Output.Bindings), into what the authz engine evaluates, as
+// [ParseLocalConfigFiles] does for a file (see [ztunnel.ToAuthz]): it
+// returns the policies and root namespace for authz.New, and gives the
+// workloads bound to selector-scoped policies the labels that attach
+// them (each such workload gets a new Labels map; the others are left
+// alone). bindings may be shorter than workloads.
+func BindPolicies(workloads []Workload, auths []ztunnel.Authorization, bindings [][]string) ([]authz.Policy, string, error) {
+	bs := make([]ztunnel.Binding, len(workloads))
+	for i, w := range workloads {
+		bs[i] = ztunnel.Binding{Name: w.UID, Namespace: w.Namespace}
+		if i < len(bindings) {
+			bs[i].Policies = bindings[i]
+		}
+	}
+	az, err := ztunnel.ToAuthz(auths, bs)
+	if err != nil {
+		return nil, "", err
+	}
 	for i, l := range az.Labels {
 		if len(l) == 0 {
 			continue
 		}
-		w := &out.Workloads[i]
+		w := &workloads[i]
 		labels := make(map[string]string, len(w.Labels)+len(l))
 		maps.Copy(labels, w.Labels)
 		maps.Copy(labels, l)
 		w.Labels = labels
 	}
-	return out, nil
+	return az.Policies, az.RootNamespace, nil
 }
 
 // decodeLocalConfig decodes one YAML (or JSON) document strictly.
