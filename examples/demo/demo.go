@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) error {
 	case d.failed > 0 || err != nil:
 		verdict = "FAIL"
 	}
-	fmt.Fprintf(out, "\nSummary: %d of %d steps, %d checks: %d passed, %d failed, in %.1f s: %s\n",
+	fmt.Fprintf(out, "\nSummary: %d of %d steps, %d checks: %d passed, %d failed, in %.2f s: %s\n",
 		d.stepsRun, numSteps, d.passed+d.failed, d.passed, d.failed, time.Since(start).Seconds(), verdict)
 	switch {
 	case err != nil:
@@ -454,7 +454,7 @@ func (d *demo) step5(ctx context.Context) {
 		d.say("interrupted after %d requests", sent.Load())
 		return
 	}
-	d.say("sleep sent %d requests to http://purchase-history/ on %d keep-alive connections in %.1f s; the waypoint routed each one",
+	d.say("sleep sent %d requests to http://purchase-history/ on %d keep-alive connections in %.2f s; the waypoint routed each one",
 		n, workers, elapsed.Seconds())
 	what := fmt.Sprintf("%d of %d answered 200", n-len(failures), n)
 	if len(failures) > 0 {
