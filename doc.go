@@ -23,11 +23,14 @@
 //	            hooks; and the L7 waypoint (proxy/waypointconfig: its
 //	            rules from Istio YAML).
 //	inpod       network-namespace handles, sockets inside a pod's
-//	            namespace, packet marks and original destinations.
+//	            namespace, packet marks and original destinations; the
+//	            in-pod iptables/nftables rules and the ZDS protocol.
 //
 // Planned and not built yet: xds (configuration over delta xDS with
-// Istio-compatible workload resources), and the in-pod iptables/nftables
-// rule writer and the ZDS protocol in inpod.
+// Istio-compatible workload resources) and the controller that would feed
+// the proxies from Kubernetes over it. Until then, examples/demo (the local
+// mesh demo: go run ./examples/demo) converts Istio YAML in process and
+// swaps the result into its proxies.
 //
 // Lower layers never import higher ones; internal/depcheck enforces the
 // table:
