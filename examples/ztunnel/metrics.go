@@ -12,39 +12,16 @@ import (
 	"github.com/meshblocks/meshblocks/proxy"
 )
 
-// The labels of Istio's TCP metrics, as ztunnel reports them
-// (istio/ztunnel src/proxy/metrics.rs, CommonTrafficLabels). A value that
-// is not known is "unknown", as ztunnel's DefaultedUnknown writes it.
-var tcpLabelNames = [...]string{
-	"reporter",
-	"source_workload", "source_canonical_service", "source_canonical_revision",
-	"source_workload_namespace", "source_principal", "source_app", "source_version", "source_cluster",
-	"destination_service", "destination_service_namespace", "destination_service_name",
-	"destination_workload", "destination_canonical_service", "destination_canonical_revision",
-	"destination_workload_namespace", "destination_principal", "destination_app", "destination_version",
-	"destination_cluster",
-	"request_protocol", "response_flags", "connection_security_policy",
-}
-
-// ztunnel adds these once the source or the destination workload is known.
-var localityLabelNames = [...]string{"source_region", "source_zone", "destination_region", "destination_zone"}
-
-type seriesKey struct {
-	values      [len(tcpLabelNames)]string
-	locality    [len(localityLabelNames)]string
-	hasLocality bool
-}
-
 // counterVec is one counter family.
 type counterVec struct {
 	name, help string
 	mu         sync.Mutex
-	series     map[seriesKey]uint64
+	series     map[string]uint64 // by rendered label set
 }
 
-func (c *counterVec) add(k *seriesKey, v uint64) {
+func (c *counterVec) add(k string, v uint64) {
 	c.mu.Lock()
-	c.series[*k] += v
+	c.series[k] += v
 	c.mu.Unlock()
 }
 
@@ -68,7 +45,7 @@ type serviceIndex struct {
 func newMetrics(state *proxy.StateHolder) *metrics {
 	m := &metrics{state: state}
 	counter := func(name, help string) *counterVec {
-		c := &counterVec{name: name, help: help, series: map[seriesKey]uint64{}}
+		c := &counterVec{name: name, help: help, series: map[string]uint64{}}
 		m.families = append(m.families, c)
 		return c
 	}
@@ -96,56 +73,15 @@ func (m *metrics) service(host string) *proxy.Service {
 	return idx.byHost[host]
 }
 
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
+// key renders the labels of c (proxy.ConnInfo.Labels: ztunnel's label set,
+// "unknown" where a value is not known) as the series key.
+func (m *metrics) key(c *proxy.ConnInfo) string {
+	ls := c.Labels(m.service(c.DstService))
+	labels := make([]promtext.Label, len(ls))
+	for i, l := range ls {
+		labels[i] = promtext.Label{Name: l.Name, Value: l.Value}
 	}
-	return s
-}
-
-// key returns the label values of c in tcpLabelNames order.
-func (m *metrics) key(c *proxy.ConnInfo) *seriesKey {
-	k := &seriesKey{}
-	v := &k.values
-	v[0] = "source"
-	if c.Direction == proxy.Inbound {
-		v[0] = "destination"
-	}
-	if w := c.SrcWorkload; w != nil {
-		v[1], v[2], v[3], v[4] = w.WorkloadName, w.CanonicalName, w.CanonicalRevision, w.Namespace
-		v[6], v[7], v[8] = w.CanonicalName, w.CanonicalRevision, w.ClusterID
-		k.locality[0], k.locality[1] = w.Locality.Region, w.Locality.Zone
-		k.hasLocality = true
-	}
-	if !c.SrcIdentity.IsZero() {
-		v[5] = c.SrcIdentity.String()
-	}
-	v[9] = c.DstService
-	if s := m.service(c.DstService); s != nil {
-		v[10], v[11] = s.Namespace, s.Name
-	}
-	if w := c.DstWorkload; w != nil {
-		v[12], v[13], v[14], v[15] = w.WorkloadName, w.CanonicalName, w.CanonicalRevision, w.Namespace
-		v[17], v[18], v[19] = w.CanonicalName, w.CanonicalRevision, w.ClusterID
-		k.locality[2], k.locality[3] = w.Locality.Region, w.Locality.Zone
-		k.hasLocality = true
-	}
-	if !c.DstIdentity.IsZero() {
-		v[16] = c.DstIdentity.String()
-	}
-	v[20], v[21], v[22] = "tcp", "-", "unknown"
-	if c.MTLS {
-		v[22] = "mutual_tls"
-	}
-	for i := range v {
-		v[i] = orUnknown(v[i])
-	}
-	for i := range k.locality {
-		if k.hasLocality {
-			k.locality[i] = orUnknown(k.locality[i])
-		}
-	}
-	return k
+	return promtext.LabelString(labels)
 }
 
 func (m *metrics) hooks() proxy.Hooks {
@@ -175,7 +111,7 @@ func (m *metrics) write(w *bufio.Writer) {
 		f.mu.Lock()
 		lines := make([]string, 0, len(f.series))
 		for k, v := range f.series {
-			lines = append(lines, labelString(&k)+" "+strconv.FormatUint(v, 10))
+			lines = append(lines, k+" "+strconv.FormatUint(v, 10))
 		}
 		f.mu.Unlock()
 		slices.Sort(lines)
@@ -186,18 +122,4 @@ func (m *metrics) write(w *bufio.Writer) {
 			w.WriteByte('\n')
 		}
 	}
-}
-
-// labelString renders {name="value",...} with the names sorted.
-func labelString(k *seriesKey) string {
-	labels := make([]promtext.Label, 0, len(tcpLabelNames)+len(localityLabelNames))
-	for i, n := range tcpLabelNames {
-		labels = append(labels, promtext.Label{Name: n, Value: k.values[i]})
-	}
-	if k.hasLocality {
-		for i, n := range localityLabelNames {
-			labels = append(labels, promtext.Label{Name: n, Value: k.locality[i]})
-		}
-	}
-	return promtext.LabelString(labels)
 }
