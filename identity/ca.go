@@ -172,6 +172,40 @@ const (
 	CertChainFileName = "cert-chain.pem" // signing certificate, intermediates, root (optional when loading)
 )
 
+// OpenCADir loads the CA in dir (see LoadCADir) or, when dir holds no
+// ca-cert.pem yet, creates a CA with a new self-signed root and installs it
+// there. The new CA is written to a temporary directory beside dir and
+// renamed into place, so that processes started together with the same dir
+// agree on one CA: the loser of the rename loads the winner's. The parent of
+// dir is created (mode 0700) if needed.
+func OpenCADir(cfg CAConfig, dir string) (*CA, error) {
+	if _, err := os.Stat(filepath.Join(dir, CACertFileName)); err == nil {
+		return LoadCADir(cfg, dir)
+	}
+	ca, err := NewCA(cfg)
+	if err != nil {
+		return nil, err
+	}
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o700); err != nil {
+		return nil, fmt.Errorf("identity: CA directory: %w", err)
+	}
+	tmp, err := os.MkdirTemp(parent, ".ca-")
+	if err != nil {
+		return nil, fmt.Errorf("identity: CA directory: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	if err := ca.WriteDir(tmp); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		// Another process installed its CA first (or dir exists and is
+		// not empty): use what is there.
+		return LoadCADir(cfg, dir)
+	}
+	return ca, nil
+}
+
 // LoadCADir loads a CA from a directory in Istio's "cacerts" layout:
 // ca-cert.pem, ca-key.pem, root-cert.pem and, optionally, cert-chain.pem.
 // cfg.TrustDomain and TTL are used as given; Certificates, Key and Roots

@@ -142,6 +142,52 @@ func TestCAWriteLoadRoundTrip(t *testing.T) {
 	require.NoError(t, err)
 }
 
+// Processes started together with one -ca-dir must end up with one CA:
+// each either installs its own or loads the winner's.
+func TestOpenCADirAgreesOnOneCA(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "nested", "cacerts")
+	cfg := identity.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")}
+	const n = 8
+	cas := make(chan *identity.CA, n)
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			ca, err := identity.OpenCADir(cfg, dir)
+			if err != nil {
+				errs <- err
+				return
+			}
+			cas <- ca
+		}()
+	}
+	var first *identity.CA
+	for range n {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case ca := <-cas:
+			if first == nil {
+				first = ca
+				continue
+			}
+			require.True(t, ca.Certificate().Equal(first.Certificate()), "two different CAs for one directory")
+		}
+	}
+	again, err := identity.OpenCADir(cfg, dir)
+	require.NoError(t, err)
+	require.True(t, again.Certificate().Equal(first.Certificate()), "reopening must load the installed CA")
+	leftovers, err := filepath.Glob(filepath.Join(filepath.Dir(dir), ".ca-*"))
+	require.NoError(t, err)
+	require.Empty(t, leftovers, "temporary directories left behind")
+}
+
+func TestOpenCADirRefusesABrokenDir(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, identity.CACertFileName), []byte("not PEM"), 0o600))
+	_, err := identity.OpenCADir(identity.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")}, dir)
+	require.Error(t, err, "a directory with a broken CA must not be replaced by a new one")
+}
+
 func TestNewCAErrors(t *testing.T) {
 	good := identitytest.NewCA(t, "cluster.local")
 	other := identitytest.NewCA(t, "cluster.local")

@@ -249,3 +249,21 @@ func ExampleManager_Fetch() {
 	<-done
 	// Output: spiffe://cluster.local/ns/default/sa/sleep cluster.local <nil>
 }
+
+func ExampleOpenCADir() {
+	parent, err := os.MkdirTemp("", "mesh")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(parent)
+	cfg := identity.CAConfig{TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")}
+	// The first process creates the CA; every later one (or a racing
+	// one) loads the same CA.
+	first, err := identity.OpenCADir(cfg, filepath.Join(parent, "ca"))
+	if err != nil {
+		panic(err)
+	}
+	second, err := identity.OpenCADir(cfg, filepath.Join(parent, "ca"))
+	fmt.Println(second.Certificate().Equal(first.Certificate()), err)
+	// Output: true <nil>
+}

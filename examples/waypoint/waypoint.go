@@ -169,31 +169,7 @@ func loadCA(cfg *Config) (*identity.CA, error) {
 	if cfg.CADir == "" {
 		return identity.NewCA(caCfg)
 	}
-	if _, err := os.Stat(filepath.Join(cfg.CADir, identity.CACertFileName)); err == nil {
-		return identity.LoadCADir(caCfg, cfg.CADir)
-	}
-	ca, err := identity.NewCA(caCfg)
-	if err != nil {
-		return nil, err
-	}
-	// Written beside the target and renamed into place, so that proxies
-	// started together agree on one CA: the loser of the rename loads the
-	// winner's.
-	if err := os.MkdirAll(filepath.Dir(filepath.Clean(cfg.CADir)), 0o700); err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(cfg.CADir)), ".ca-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if err := ca.WriteDir(tmp); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, cfg.CADir); err != nil {
-		return identity.LoadCADir(caCfg, cfg.CADir)
-	}
-	return ca, nil
+	return identity.OpenCADir(caCfg, cfg.CADir)
 }
 
 // Run runs the waypoint until ctx is done, then drains for up to 5 s.
