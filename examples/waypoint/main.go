@@ -34,6 +34,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/meshblocks/meshblocks/examples/internal/cli"
 )
 
 func main() {
@@ -53,26 +55,8 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	// SIGHUP reloads the configuration files.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	reload := make(chan struct{})
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		for {
-			select {
-			case <-hup:
-			case <-done:
-				return
-			}
-			select {
-			case reload <- struct{}{}:
-			case <-done:
-				return
-			}
-		}
-	}()
+	reload, stopReload := cli.ReloadOnSIGHUP()
+	defer stopReload()
 	cfg.Reload = reload
 	if err := Run(ctx, cfg); err != nil {
 		fmt.Fprintf(stderr, "waypoint: %v\n", err)

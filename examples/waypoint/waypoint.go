@@ -11,15 +11,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
-	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/meshblocks/meshblocks/examples/internal/cli"
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/proxy"
 	"github.com/meshblocks/meshblocks/proxy/waypointconfig"
@@ -93,7 +92,7 @@ func load(cfg *Config) (*loaded, error) {
 	}
 	var files []waypointconfig.File
 	if cfg.IstioConfig != "" {
-		paths, err := yamlFiles(cfg.IstioConfig)
+		paths, err := cli.YAMLFiles(cfg.IstioConfig)
 		if err != nil {
 			return nil, err
 		}
@@ -138,40 +137,6 @@ func findSelf(st *proxy.State, cfg *Config) (*proxy.Workload, error) {
 	return nil, errors.New("the waypoint's workload is needed: set -uid (or -ip)")
 }
 
-// yamlFiles returns path itself, or the *.yaml and *.yml files of the
-// directory path, sorted.
-func yamlFiles(path string) ([]string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		return []string{path}, nil
-	}
-	files, err := filepath.Glob(filepath.Join(path, "*.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	more, _ := filepath.Glob(filepath.Join(path, "*.yml"))
-	files = append(files, more...)
-	sort.Strings(files)
-	return files, nil
-}
-
-// loadCA loads the CA of dir, or creates it there, as examples/ztunnel
-// does, so that the ztunnels and the waypoint share one CA.
-func loadCA(cfg *Config) (*identity.CA, error) {
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("trust domain: %w", err)
-	}
-	caCfg := identity.CAConfig{TrustDomain: td}
-	if cfg.CADir == "" {
-		return identity.NewCA(caCfg)
-	}
-	return identity.OpenCADir(caCfg, cfg.CADir)
-}
-
 // Run runs the waypoint until ctx is done, then drains for up to 5 s.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.LocalConfig == "" {
@@ -201,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	ca, err := loadCA(&cfg)
+	ca, err := cli.LoadCA(cfg.TrustDomain, cfg.CADir)
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}

@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime/debug"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -20,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/meshblocks/meshblocks/authz"
+	"github.com/meshblocks/meshblocks/examples/internal/cli"
 	"github.com/meshblocks/meshblocks/identity"
 	"github.com/meshblocks/meshblocks/inpod"
 	"github.com/meshblocks/meshblocks/proxy"
@@ -78,7 +77,7 @@ func withIP(addr, ip string) string {
 func loadState(cfg *Config) (*proxy.State, error) {
 	paths := []string{cfg.LocalConfig}
 	if cfg.Policies != "" {
-		more, err := policyFiles(cfg.Policies)
+		more, err := cli.YAMLFiles(cfg.Policies)
 		if err != nil {
 			return nil, err
 		}
@@ -103,38 +102,6 @@ func loadState(cfg *Config) (*proxy.State, error) {
 	return proxy.NewState(lc.Workloads, lc.Services, proxy.WithAuthz(engine))
 }
 
-// policyFiles returns path itself, or the *.yaml and *.yml files of the
-// directory path, sorted.
-func policyFiles(path string) ([]string, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if !fi.IsDir() {
-		return []string{path}, nil
-	}
-	files, err := filepath.Glob(filepath.Join(path, "*.yaml"))
-	if err != nil {
-		return nil, err
-	}
-	more, _ := filepath.Glob(filepath.Join(path, "*.yml"))
-	files = append(files, more...)
-	sort.Strings(files)
-	return files, nil
-}
-
-func loadCA(cfg *Config) (*identity.CA, error) {
-	td, err := spiffeid.TrustDomainFromString(cfg.TrustDomain)
-	if err != nil {
-		return nil, fmt.Errorf("trust domain: %w", err)
-	}
-	caCfg := identity.CAConfig{TrustDomain: td}
-	if cfg.CADir == "" {
-		return identity.NewCA(caCfg)
-	}
-	return identity.OpenCADir(caCfg, cfg.CADir)
-}
-
 // Run runs the ztunnel until ctx is done, then drains for up to 5 s.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.LocalConfig == "" {
@@ -156,7 +123,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Parsing leaves garbage several times the size of the state; give
 	// it back to the OS once instead of carrying it as RSS.
 	debug.FreeOSMemory()
-	ca, err := loadCA(&cfg)
+	ca, err := cli.LoadCA(cfg.TrustDomain, cfg.CADir)
 	if err != nil {
 		return fmt.Errorf("ca: %w", err)
 	}
