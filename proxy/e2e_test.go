@@ -260,6 +260,9 @@ func TestPassthroughOutsideMesh(t *testing.T) {
 	assert.Equal(t, "127.77.0.9:7070", out[0]["dst.addr"])
 	assert.Nil(t, out[0]["dst.identity"])
 	assert.Equal(t, "legacy", out[1]["dst.workload"])
+	// A known workload reached by plain TCP: no certificate was checked,
+	// so no identity is claimed for it.
+	assert.Nil(t, out[1]["dst.identity"])
 }
 
 func TestSOCKS5(t *testing.T) {

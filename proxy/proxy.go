@@ -525,14 +525,16 @@ func (p *Proxy) dialOutbound(st *State, src *Workload, dst netip.AddrPort, info 
 		info.DstService = plan.Service.Hostname
 	}
 	info.DstWorkload = plan.Workload
-	if plan.Workload != nil {
-		info.DstIdentity = st.IdentityOf(plan.Workload)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.ConnectTimeout)
 	defer cancel()
 	if plan.Kind == Passthrough {
+		// Plain TCP: no peer certificate is checked, so no destination
+		// identity is claimed in logs or metrics.
 		info.DstAddr = plan.NextHop
 		return p.dialTCP(ctx, src, plan.NextHop)
+	}
+	if plan.Workload != nil {
+		info.DstIdentity = st.IdentityOf(plan.Workload)
 	}
 	if src == nil {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownSource, info.SrcAddr.Addr())
